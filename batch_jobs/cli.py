@@ -1,0 +1,131 @@
+"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, demo.
+
+Every command takes ``--help``. Model, index and precision come from ``--model``/``--index``/``--dtype``, else
+from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from serve_app.embedding import DEFAULT_MODEL, DTYPES
+
+DEFAULT_INDEX = "./data/index"
+DEFAULT_INGEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ingest.yaml"
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray without the dashboard."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False)
+
+
+def cmd_sample_catalog(args) -> int:
+    from batch_jobs.sample_catalog import SampleCatalogUnavailable, write_sample_catalog
+
+    try:
+        n = write_sample_catalog(Path(args.out), Path(args.stamps_dir), args.limit)
+    except SampleCatalogUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"catalog": args.out, "products": n}))
+    return 0
+
+
+def cmd_make_random_clip(args) -> int:
+    from serve_app.random_clip import make_random_clip
+
+    out = make_random_clip(args.out, args.size, args.seed)
+    print(json.dumps({"model": str(out), "size": args.size, "weights": "random"}))
+    return 0
+
+
+def ingest_options(args) -> "IngestOptions":  # noqa: F821
+    """IngestOptions from the YAML config, overridden by explicit flags."""
+    from batch_jobs.pipeline import IngestOptions
+
+    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    valid = {f.name for f in dataclasses.fields(IngestOptions)}
+    unknown = set(config) - valid
+    if unknown:
+        raise SystemExit(f"error: unknown keys {sorted(unknown)} in {args.config}; valid keys: {sorted(valid)}")
+    config["model"] = args.model or os.environ.get("VS_MODEL") or config.get("model") or DEFAULT_MODEL
+    config["dtype"] = args.dtype or os.environ.get("VS_DTYPE") or config.get("dtype") or "float32"
+    for key in ("batch_size", "embed_actors"):
+        if getattr(args, key, None):
+            config[key] = getattr(args, key)
+    return IngestOptions(**config)
+
+
+def cmd_ingest(args) -> int:
+    from batch_jobs.pipeline import ingest
+    from serve_app.catalog import ManifestError
+    from serve_app.embedding import ModelLoadError
+
+    options = ingest_options(args)
+    index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
+    init_ray()
+    try:
+        report = ingest(args.catalog, index, options, report=args.report, embeddings=args.embeddings)
+    except (ManifestError, ModelLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.summary(), indent=2))
+    if report.skipped:
+        print(f"skipped {report.skipped} bad rows; reasons in {report.report}", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m batch_jobs", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-catalog", help="write a catalog manifest from the Tux Paint stamps")
+    p.add_argument("--out", default="./data/catalog.jsonl", help="manifest to write (JSON Lines)")
+    p.add_argument("--stamps-dir", default="/usr/share/tuxpaint/stamps")
+    p.add_argument("--limit", type=int, default=None, help="at most this many products")
+    p.set_defaults(func=cmd_sample_catalog)
+
+    p = sub.add_parser("make-random-clip", help="write a random-weight CLIP folder (tests, offline runs)")
+    p.add_argument("out", help="folder to create")
+    p.add_argument("--size", choices=["tiny", "base"], default="tiny", help="tiny (tests) or base (ViT-B/32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_random_clip)
+
+    p = sub.add_parser("ingest", help="embed a catalog with Ray Data and bulk-load the index")
+    p.add_argument("--catalog", required=True, help="manifest: .jsonl or .csv; path, http(s):// or s3://")
+    p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
+    p.add_argument("--model", default=None, help=f"hub id or local folder (env VS_MODEL; default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", choices=DTYPES, default=None, help="env VS_DTYPE; default float32")
+    p.add_argument("--config", default=str(DEFAULT_INGEST_CONFIG), help="ingestion config YAML")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--embed-actors", type=int, default=None, help="size of the CLIP actor pool")
+    p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
+    p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
+    p.set_defaults(func=cmd_ingest)
+
+    from batch_jobs.demo import add_demo_parser
+
+    add_demo_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    args = build_parser().parse_args(argv)
+    return args.func(args)

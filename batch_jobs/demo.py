@@ -1,0 +1,115 @@
+"""``python -m batch_jobs demo``: the main job — sample catalog → Ray Data ingestion → ``serve run``.
+
+Model choice: ``--model``/``VS_MODEL`` when given (it must load; no fallback). Otherwise the hub default
+``openai/clip-vit-base-patch32``; when the hub is unreachable and there is no cached copy, this command —
+and only this command — falls back to a generated random-weight ViT-B/32 folder and says so loudly; the
+service then reports ``"model_weights": "random"`` on ``/healthz``.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from serve_app.embedding import DEFAULT_MODEL, ModelLoadError, load_model_config
+
+ROOT = Path(__file__).resolve().parent.parent
+RANDOM_BASE = Path("./data/models/clip-random-base")
+BANNER = "=" * 78
+
+
+def resolve_demo_model(explicit: str | None) -> str:
+    """The model the demo uses: explicit → hub default → generated random-weight base folder (loudly)."""
+    if explicit:
+        load_model_config(explicit)
+        return explicit
+    try:
+        load_model_config(DEFAULT_MODEL)
+        return DEFAULT_MODEL
+    except ModelLoadError as e:
+        reason = str(e).split(". To fix")[0]
+    if not (RANDOM_BASE / "model.safetensors").exists():
+        from serve_app.random_clip import make_random_clip
+
+        make_random_clip(RANDOM_BASE, "base")
+    print(f"\n{BANNER}\nWARNING: {reason}.\nFalling back to RANDOM-WEIGHT CLIP ViT-B/32 at {RANDOM_BASE}.\n"
+          "Search will run end to end, but rankings are MEANINGLESS (only near-identical images match).\n"
+          f"Set VS_MODEL to a local copy of {DEFAULT_MODEL} for real results.\n{BANNER}\n", flush=True)
+    return str(RANDOM_BASE)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 300) -> dict:
+    """Poll ``url`` until it answers 200; raises RuntimeError if the server exits or the time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serve run exited with code {process.returncode}")
+        try:
+            response = httpx.get(url, timeout=2)
+            if response.status_code == 200:
+                return response.json()
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} not healthy after {timeout_s} s")
+
+
+def cmd_demo(args) -> int:
+    from batch_jobs.cli import cmd_ingest, cmd_sample_catalog
+
+    model = resolve_demo_model(args.model or os.environ.get("VS_MODEL"))
+    index = args.index or os.environ.get("VS_INDEX") or "./data/index"
+    catalog = "./data/catalog.jsonl"
+    if cmd_sample_catalog(type("A", (), {"out": catalog, "stamps_dir": "/usr/share/tuxpaint/stamps",
+                                         "limit": args.limit})) != 0:
+        return 2
+    ingest_args = type("A", (), {"catalog": catalog, "index": index, "model": model, "dtype": args.dtype,
+                                 "config": str(ROOT / "configs" / "ingest.yaml"), "batch_size": None,
+                                 "embed_actors": None, "report": None, "embeddings": None})
+    if cmd_ingest(ingest_args) != 0:
+        return 2
+    import ray
+
+    ray.shutdown()
+    if args.no_serve:
+        return 0
+    env = os.environ | {"VS_MODEL": model, "VS_INDEX": index, "RAY_AUTH_MODE": "disabled"}
+    if args.dtype:
+        env["VS_DTYPE"] = args.dtype
+    serve = subprocess.Popen([sys.executable, "-m", "ray.serve.scripts", "run", str(ROOT / "configs" / "serve.yaml")],
+                             env=env, cwd=ROOT)
+    base = f"http://127.0.0.1:{args.port}"
+    try:
+        health = wait_healthy(base + "/healthz", serve)
+        print(f"\n{BANNER}\nVisual Search is serving {health.get('products')} products "
+              f"(model {health.get('model_id')}, weights {health.get('model_weights')}).\n"
+              f"  OpenAPI docs : {base}/docs\n"
+              f"  text search  : curl -s {base}/search/text -H 'content-type: application/json' "
+              "-d '{\"query\": \"a red apple\", \"k\": 5}'\n"
+              f"  image search : curl -s {base}/search/image -F file=@/usr/share/tuxpaint/stamps/food/fruit/"
+              "pineapple.png -F k=5\nPress Ctrl-C to stop.\n" + BANNER, flush=True)
+        return serve.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if serve.poll() is None:
+            serve.send_signal(signal.SIGINT)
+            try:
+                serve.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve.kill()
+
+
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="main job: sample catalog → ingest → serve (prints where to send queries)")
+    p.add_argument("--model", default=None, help="hub id or local folder (env VS_MODEL)")
+    p.add_argument("--index", default=None, help="index URI (env VS_INDEX; default ./data/index)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    p.add_argument("--limit", type=int, default=None, help="ingest at most this many sample products")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port in configs/serve.yaml")
+    p.add_argument("--no-serve", action="store_true", help="stop after ingestion")
+    p.set_defaults(func=cmd_demo)

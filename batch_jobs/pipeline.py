@@ -1,0 +1,134 @@
+"""Catalog ingestion with Ray Data: manifest → load/decode/hash → CLIP embed (actor pool) → index sink.
+
+The same code runs on a laptop (a local Ray started here) and on a KubeRay cluster (``RAY_ADDRESS`` set, or
+submitted as a RayJob). On a 2-core machine every task and actor asks for a fraction of a CPU; the embed
+actors still use every core through torch's intra-op threads.
+"""
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+from serve_app import storage
+from serve_app.catalog import read_manifest
+from serve_app.index import IndexInfo
+
+log = logging.getLogger("visual_search.ingest")
+
+
+@dataclass
+class IngestOptions:
+    """Knobs of one ingestion run; the defaults suit a 2-core laptop (see configs/ingest.yaml)."""
+
+    model: str
+    dtype: str = "float32"
+    batch_size: int = 16
+    embed_actors: int = 1
+    embed_num_cpus: float = 0.5
+    embed_threads: int | None = None
+    load_num_cpus: float = 0.25
+    load_concurrency: int = 2
+    max_image_bytes: int = storage.DEFAULT_MAX_BYTES
+    fetch_timeout_s: float = storage.DEFAULT_TIMEOUT_S
+    ann_min_rows: int = 50_000
+
+
+@dataclass
+class IngestReport:
+    """Outcome of a run: counts, where things were written, and every skipped row with its reason."""
+
+    catalog: str
+    index: str
+    model: str
+    rows_in_manifest: int = 0
+    indexed: int = 0
+    skipped: int = 0
+    products_in_index: int = 0
+    seconds: float = 0.0
+    images_per_s: float = 0.0
+    embeddings: str | None = None
+    report: str | None = None
+    bad_rows: list[dict] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k != "bad_rows"}
+
+
+def model_info(model: str) -> IndexInfo:
+    """Model id, embedding dimension and weights kind, read from the model's config without loading weights.
+
+    Raises:
+        ModelLoadError: the config or processor cannot be loaded.
+    """
+    from serve_app.embedding import load_model_config, weights_kind
+
+    config = load_model_config(model)
+    return IndexInfo(model_id=model, dim=int(config.projection_dim), weights=weights_kind(model))
+
+
+def ingest(catalog: str, index: str, options: IngestOptions, report: str | None = None,
+           embeddings: str | None = None) -> IngestReport:
+    """Embed and index every product of ``catalog`` into ``index`` (upsert by ``product_id``).
+
+    Args:
+        catalog: manifest URI (JSON Lines or CSV; local, http(s) or s3).
+        index: index URI (LanceDB folder or s3:// prefix).
+        options: model, precision and parallelism.
+        report: where to write the JSON report (default ``<index>/ingest_report.json``).
+        embeddings: folder for the embeddings Parquet (default ``<index>/embeddings/run=<UTC time>``).
+
+    Returns:
+        The report (also written to ``report``). Bad rows are skipped and listed, good rows always kept.
+
+    Raises:
+        ManifestError: the manifest cannot be read at all.
+        ModelLoadError: the model cannot be loaded.
+    """
+    import ray
+
+    from batch_jobs.datasink import IndexDatasink
+    from batch_jobs.stages import EmbedImages, load_images
+
+    started = time.perf_counter()
+    products, bad = read_manifest(catalog)
+    info = model_info(options.model)
+    run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
+    report = report or f"{index.rstrip('/')}/ingest_report.json"
+    result = IngestReport(catalog=catalog, index=index, model=options.model, rows_in_manifest=len(products) + len(bad), embeddings=embeddings, report=report,
+        bad_rows=[b.to_dict() for b in bad])
+    log.info("catalog %s: %d valid rows, %d invalid", catalog, len(products), len(bad))
+
+    sink = IndexDatasink(index, info, embeddings, index_options={"ann_min_rows": options.ann_min_rows})
+    if products:
+        rows = [p.model_dump() | {"attributes": json.dumps(p.attributes, sort_keys=True)} for p in products]
+        blocks = max(1, min(len(rows) // options.batch_size, 200))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ds.map_batches(load_images, batch_size=options.batch_size, batch_format="numpy",
+                            fn_kwargs={"model": options.model, "max_bytes": options.max_image_bytes,
+                                       "timeout_s": options.fetch_timeout_s},
+                            num_cpus=options.load_num_cpus,
+                            compute=ray.data.TaskPoolStrategy(size=options.load_concurrency))
+        ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
+                            fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
+                                                   "num_threads": options.embed_threads},
+                            num_cpus=options.embed_num_cpus,
+                            compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
+        ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25})
+    else:
+        from serve_app.index import open_index
+
+        open_index(index, info=info)
+
+    result.indexed = sink.written
+    result.bad_rows += sink.failed
+    result.skipped = len(result.bad_rows)
+    from serve_app.index import open_index
+
+    result.products_in_index = open_index(index).count()
+    result.seconds = round(time.perf_counter() - started, 3)
+    result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
+    storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
+    return result

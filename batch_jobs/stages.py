@@ -1,0 +1,119 @@
+"""Ingestion stages as plain Python on column batches (no Ray import; Ray Data calls them in pipeline.py).
+
+reader (manifest rows) → :func:`load_images` (fetch, decode, pHash, CLIP preprocessing) →
+:class:`EmbedImages` (CLIP forward) → :func:`to_index_rows` (the index's Arrow schema). A row whose image
+cannot be read or decoded carries its reason in ``error`` and is dropped from the index by the sink, which
+reports it.
+"""
+
+import functools
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from serve_app import storage
+from serve_app.embedding import ClipEmbedder, load_clip, load_processor
+from serve_app.images import ImageDecodeError, decode_image
+from serve_app.index.base import row_schema
+from serve_app.phash import phash64
+
+Batch = dict[str, np.ndarray]
+
+
+@functools.lru_cache(maxsize=2)
+def _processor_embedder(model: str) -> ClipEmbedder:
+    """A model-less embedder whose ``preprocess`` uses the model folder's image processor (cached)."""
+    return ClipEmbedder(model=None, processor=load_processor(model), model_id=model)
+
+
+def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_BYTES,
+                timeout_s: float = storage.DEFAULT_TIMEOUT_S) -> Batch:
+    """Fetch and decode each row's ``image``, hash it and preprocess it for CLIP.
+
+    Args:
+        batch: columns of :class:`serve_app.catalog.Product` rows (``image`` is a full URI).
+        model: hub id or folder whose image processor to use (the same as the embedding model's).
+
+    Returns:
+        The input columns plus ``phash`` (int64), ``pixels`` (float32 ``(N, 3, 224, 224)``, zeros for
+        failed rows) and ``error`` (``""`` or the reason the row failed).
+    """
+    embedder = _processor_embedder(model)
+    n = len(batch["product_id"])
+    images, ok_rows = [], []
+    phashes = np.zeros(n, np.int64)
+    errors = np.array([""] * n, dtype=object)
+    for i, uri in enumerate(batch["image"]):
+        try:
+            image = decode_image(storage.read_bytes(str(uri), max_bytes=max_bytes, timeout_s=timeout_s))
+        except (storage.StorageError, ImageDecodeError) as e:
+            errors[i] = f"{type(e).__name__}: {e}"
+            continue
+        phashes[i] = phash64(image)
+        images.append(image)
+        ok_rows.append(i)
+    pixels_ok = embedder.preprocess(images)  # [n_ok, 3, H, W]
+    pixels = np.zeros((n,) + pixels_ok.shape[1:], np.float32) if n else pixels_ok
+    pixels[ok_rows] = pixels_ok
+    return dict(batch) | {"phash": phashes, "pixels": pixels, "error": errors}
+
+
+class EmbedImages:
+    """Callable class for an actor pool: loads CLIP once, embeds the ``pixels`` of good rows.
+
+    Args:
+        model: hub id or local folder. dtype: ``"float32"`` or ``"bfloat16"``.
+        num_threads: torch intra-op threads for this actor (the actor asks Ray for a fraction of a CPU but
+            may use every core while the forward runs).
+    """
+
+    def __init__(self, model: str, dtype: str = "float32", num_threads: int | None = None):
+        self.embedder = load_clip(model, dtype=dtype, num_threads=num_threads)
+
+    def __call__(self, batch: Batch) -> Batch:
+        good = np.flatnonzero(np.asarray(batch["error"]) == "")
+        vectors = np.zeros((len(batch["error"]), self.embedder.dim), np.float32)
+        vectors[good] = self.embedder.embed_pixels(batch["pixels"][good])  # [n_good, D]
+        out = {k: v for k, v in batch.items() if k != "pixels"}
+        return out | {"vector": vectors}
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, (float, np.floating)) and np.isnan(v))
+
+
+def _str_or_none(v: Any) -> str | None:
+    """Ray Data turns all-null string columns into float NaN; map those back to None."""
+    return None if _missing(v) else str(v)
+
+
+def _attributes_json(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps({} if _missing(value) else value, sort_keys=True, default=str)
+
+
+def to_index_rows(batch: dict[str, list], dim: int) -> pa.Table:
+    """Good rows of an embedded batch as an Arrow table in :func:`serve_app.index.base.row_schema`.
+
+    Args:
+        batch: columns from :class:`EmbedImages` as Python lists (``vector`` as lists/arrays of floats).
+        dim: embedding dimension.
+    """
+    good = [i for i, e in enumerate(batch["error"]) if not e]
+    pick = lambda col: [batch[col][i] if col in batch else None for i in good]  # noqa: E731
+    vectors = np.asarray([batch["vector"][i] for i in good], np.float32).reshape(-1, dim)
+    strings = lambda col: [_str_or_none(v) for v in pick(col)]  # noqa: E731
+    return pa.table({
+        "product_id": strings("product_id"),
+        "title": strings("title"),
+        "category": strings("category"),
+        "brand": strings("brand"),
+        "price": [None if _missing(p) else float(p) for p in pick("price")],
+        "image_url": strings("image"),
+        "attributes": [_attributes_json(a) for a in pick("attributes")],
+        "phash": pa.array(pick("phash"), pa.int64()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim),
+    }, schema=row_schema(dim))

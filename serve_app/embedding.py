@@ -1,0 +1,228 @@
+"""CLIP model loading and the one embedding function shared by ingestion and serving (no Ray import).
+
+Both sides call :meth:`ClipEmbedder.preprocess` then :meth:`ClipEmbedder.embed_pixels` (or
+:meth:`ClipEmbedder.embed_images`, which is the two in a row), so catalog vectors and query vectors go
+through the same preprocessing, precision and normalisation. Embeddings are float32 of shape
+``(batch, D)`` and L2-normalised, so the dot product of two embeddings is their cosine similarity
+(Radford et al. 2021, "Learning Transferable Visual Models From Natural Language Supervision").
+"""
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from serve_app.random_clip import RANDOM_WEIGHTS_MARKER
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DTYPES = ("float32", "bfloat16")
+
+
+class ModelLoadError(RuntimeError):
+    """The CLIP weights or processor could not be loaded from the given hub id or folder."""
+
+
+def _is_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+
+
+def weights_kind(model: str) -> str:
+    """``"random"`` for a folder written by ``make-random-clip``, else ``"pretrained"``."""
+    return "random" if _is_local(model) and (Path(model).expanduser() / RANDOM_WEIGHTS_MARKER).exists() else "pretrained"
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face hub endpoint (``HF_ENDPOINT``) answers within ``timeout_s`` seconds."""
+    import httpx
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout_s)
+        return True
+    except httpx.HTTPError:
+        return False
+
+
+def _from_pretrained(cls, model: str, **kwargs):
+    """``cls.from_pretrained`` from a folder, the local hub cache, or the hub — failing fast when offline.
+
+    transformers retries an unreachable hub for minutes; we try the cache first and probe the hub once.
+    """
+    if _is_local(model):
+        return cls.from_pretrained(str(Path(model).expanduser()), **kwargs)
+    try:
+        return cls.from_pretrained(model, local_files_only=True, **kwargs)
+    except Exception:
+        if not hub_reachable():
+            raise OSError(f"the hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) is not "
+                          "reachable from this machine and there is no cached copy") from None
+    return cls.from_pretrained(model, **kwargs)
+
+
+def load_processor(model: str):
+    """Load only the ``CLIPProcessor`` (image processor + tokenizer) of a hub id or local folder.
+
+    Raises:
+        ModelLoadError: nothing loadable at ``model``.
+    """
+    from transformers import CLIPProcessor
+
+    try:
+        return _from_pretrained(CLIPProcessor, model)
+    except Exception as e:  # transformers raises OSError/ValueError/HF hub errors
+        raise ModelLoadError(_load_hint(model, e)) from e
+
+
+def _load_hint(model: str, error: Exception) -> str:
+    if _is_local(model):
+        tried = f"the local folder {model!r}"
+        fix = "check that it holds config.json, model.safetensors and the processor files of a CLIPModel"
+    else:
+        tried = f"the Hugging Face hub id {model!r} (offline={os.environ.get('HF_HUB_OFFLINE', '0')})"
+        fix = ("download it where the hub is reachable (huggingface-cli download " + model +
+               ") and point VS_MODEL / --model at that local folder, or make a random-weight folder for "
+               "tests with: python -m batch_jobs make-random-clip OUT --size base")
+    return f"could not load CLIP from {tried}: {type(error).__name__}: {error}. To fix: {fix}"
+
+
+@dataclass
+class ClipEmbedder:
+    """A loaded CLIP model with its processor.
+
+    Attributes:
+        model_id: the hub id or folder it was loaded from.
+        dim: embedding dimension ``D`` (512 for ViT-B/32).
+        dtype: ``"float32"`` or ``"bfloat16"`` (bf16 autocast around the forward; outputs stay float32).
+        weights: ``"random"`` for a folder made by ``make-random-clip``, else ``"pretrained"``.
+    """
+
+    model: object
+    processor: object
+    model_id: str
+    dtype: str = "float32"
+    weights: str = "pretrained"
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    def _autocast(self):
+        import torch
+
+        if self.dtype == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """CLIP image preprocessing (resize shortest edge, centre crop, normalise) from the model folder.
+
+        Args:
+            images: RGB PIL images (see :func:`serve_app.images.to_rgb`).
+
+        Returns:
+            float32 array of shape ``(N, 3, H, W)`` (224×224 for ViT-B/32).
+        """
+        if not images:
+            size = self.processor.image_processor.crop_size
+            return np.zeros((0, 3, size["height"], size["width"]), np.float32)
+        out = self.processor.image_processor(images=list(images), return_tensors="np")
+        return np.asarray(out["pixel_values"], dtype=np.float32)
+
+    def embed_pixels(self, pixel_values: np.ndarray) -> np.ndarray:
+        """Embed preprocessed images.
+
+        Args:
+            pixel_values: float32 ``(N, 3, H, W)`` from :meth:`preprocess`.
+
+        Returns:
+            float32 ``(N, D)``, L2-normalised.
+        """
+        import torch
+
+        if len(pixel_values) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        with torch.inference_mode(), self._autocast():
+            pixels = torch.from_numpy(np.ascontiguousarray(pixel_values, dtype=np.float32))
+            features = self.model.get_image_features(pixel_values=pixels).pooler_output  # [N, D]
+        return _l2_normalise(features.float().numpy())
+
+    def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB PIL images: ``embed_pixels(preprocess(images))``; float32 ``(N, D)``, L2-normalised."""
+        return self.embed_pixels(self.preprocess(images))
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts (truncated to CLIP's 77-token context).
+
+        Returns:
+            float32 ``(N, D)``, L2-normalised.
+
+        Raises:
+            ValueError: an empty or blank text.
+        """
+        import torch
+
+        if not texts:
+            return np.zeros((0, self.dim), np.float32)
+        for t in texts:
+            if not isinstance(t, str) or not t.strip():
+                raise ValueError(f"text to embed must be a non-empty string, got {t!r}")
+        tokens = self.processor.tokenizer(list(texts), padding=True, truncation=True, max_length=77,
+                                          return_tensors="pt")
+        with torch.inference_mode(), self._autocast():
+            features = self.model.get_text_features(**tokens).pooler_output  # [N, D]
+        return _l2_normalise(features.float().numpy())
+
+
+def _l2_normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def load_clip(model: str = DEFAULT_MODEL, dtype: str = "float32", num_threads: int | None = None) -> ClipEmbedder:
+    """Load ``CLIPModel`` + ``CLIPProcessor`` from a hub id or a local folder; never falls back.
+
+    Args:
+        model: hub id (default ``openai/clip-vit-base-patch32``) or a folder in the same layout.
+        dtype: ``"float32"`` or ``"bfloat16"`` (CPU bf16 autocast around the forward pass).
+        num_threads: torch intra-op threads; ``None`` keeps torch's default.
+
+    Raises:
+        ValueError: unknown dtype.
+        ModelLoadError: the weights or processor could not be loaded; the message says what was tried
+            and how to point at a local copy.
+    """
+    import torch
+    from transformers import CLIPModel
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    processor = load_processor(model)
+    try:
+        clip = _from_pretrained(CLIPModel, model, dtype=torch.float32).eval()
+    except Exception as e:
+        raise ModelLoadError(_load_hint(model, e)) from e
+    weights = weights_kind(model)
+    return ClipEmbedder(model=clip, processor=processor, model_id=model, dtype=dtype, weights=weights)
+
+
+def load_model_config(model: str):
+    """The ``CLIPConfig`` of a hub id or folder, without the weights (checks the processor loads too).
+
+    Raises:
+        ModelLoadError: config or processor cannot be loaded.
+    """
+    from transformers import CLIPConfig
+
+    load_processor(model)
+    try:
+        return _from_pretrained(CLIPConfig, model)
+    except Exception as e:
+        raise ModelLoadError(_load_hint(model, e)) from e

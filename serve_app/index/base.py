@@ -1,0 +1,97 @@
+"""The k-NN index interface every backend implements (no Ray import).
+
+A backend stores one row per product: the L2-normalised CLIP embedding, the 64-bit pHash and the product
+metadata, upserted by ``product_id``. ``score`` in every hit is the cosine similarity of the query and the
+product embedding, identical across backends for the same data.
+"""
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from serve_app.filters import Clause
+
+METADATA_FIELDS = ("product_id", "title", "category", "brand", "price", "image_url", "attributes")
+
+
+class IndexOpenError(RuntimeError):
+    """The index cannot be opened or used (missing, wrong dimension, wrong model)."""
+
+
+def row_schema(dim: int) -> pa.Schema:
+    """Arrow schema of the rows a backend accepts in :meth:`VectorIndex.upsert`.
+
+    ``vector`` is ``fixed_size_list<float32>[dim]``, ``phash`` an int64 (see :mod:`serve_app.phash`),
+    ``attributes`` a JSON object as a string.
+    """
+    return pa.schema([
+        ("product_id", pa.string()),
+        ("title", pa.string()),
+        ("category", pa.string()),
+        ("brand", pa.string()),
+        ("price", pa.float64()),
+        ("image_url", pa.string()),
+        ("attributes", pa.string()),
+        ("phash", pa.int64()),
+        ("vector", pa.list_(pa.float32(), dim)),
+    ])
+
+
+@dataclass
+class Hit:
+    """One k-NN result: ``score`` is cosine similarity in [−1, 1]; ``metadata`` the stored fields."""
+
+    product_id: str
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class IndexInfo:
+    """What an index was built with, checked by serving against the loaded model."""
+
+    model_id: str
+    dim: int
+    weights: str = "pretrained"
+
+
+class VectorIndex(abc.ABC):
+    """A k-NN index of catalog products."""
+
+    uri: str
+    info: IndexInfo
+
+    @abc.abstractmethod
+    def upsert(self, rows: pa.Table) -> int:
+        """Insert or replace rows by ``product_id``; ``rows`` follows :func:`row_schema`. Returns rows written."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of products stored."""
+
+    @abc.abstractmethod
+    def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
+        """k-NN by cosine similarity, with the filter applied inside the search.
+
+        Args:
+            vectors: float32 ``(Q, D)`` L2-normalised query embeddings.
+            k: results per query (1–1000).
+            filters: parsed clauses from :func:`serve_app.filters.parse_filters`.
+
+        Returns:
+            ``Q`` lists of at most ``k`` hits, best first; exactly ``k`` when ≥ ``k`` products match.
+        """
+
+    @abc.abstractmethod
+    def delete(self, product_ids: list[str]) -> int:
+        """Delete products by id; returns how many were deleted."""
+
+    @abc.abstractmethod
+    def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        """Stored metadata (and ``phash``) of the given products, in the order found."""
+
+    def finish_bulk_load(self) -> None:  # noqa: B027 - optional hook
+        """Called once after a bulk load: build ANN structures, compact, refresh."""

@@ -1,0 +1,174 @@
+"""Read and write objects at local paths, ``file://``, ``http(s)://`` and ``s3://`` URIs (no Ray import).
+
+S3 goes through boto3, which reads credentials and the endpoint from its usual environment variables
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``AWS_ENDPOINT_URL`` or
+``AWS_ENDPOINT_URL_S3`` for S3-compatible stores such as MinIO — see the boto3 "configuration" docs).
+HTTP goes through httpx with a bounded timeout and size. This module is for catalog objects, which the shop
+operator controls; shopper-supplied URLs go through :mod:`serve_app.url_fetch`, which adds SSRF checks.
+"""
+
+import functools
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class StorageError(OSError):
+    """An object could not be read or written; the message names the URI and the cause."""
+
+
+class ObjectNotFound(StorageError):
+    """No object at the URI (missing file, HTTP 404, S3 NoSuchKey)."""
+
+
+class ObjectTooLarge(StorageError):
+    """The object is larger than the configured limit."""
+
+
+def scheme(uri: str) -> str:
+    """``"s3"``, ``"http"``, ``"https"`` or ``"file"`` (plain paths are ``"file"``)."""
+    parsed = urlparse(uri)
+    return parsed.scheme.lower() if len(parsed.scheme) > 1 else "file"
+
+
+def local_path(uri: str) -> Path:
+    """Filesystem path of a plain path or ``file://`` URI."""
+    return Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri).expanduser()
+
+
+def join(base: str, relative: str) -> str:
+    """Resolve ``relative`` (a catalog's image field) against the folder of ``base`` (the manifest URI).
+
+    Absolute paths and URIs with a scheme are returned unchanged.
+    """
+    if scheme(relative) != "file" or relative.startswith("file://") or os.path.isabs(relative):
+        return relative
+    if scheme(base) == "file":
+        return str(local_path(base).parent / relative)
+    return base.rsplit("/", 1)[0] + "/" + relative
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` → ``(bucket, key)``.
+
+    Raises:
+        ValueError: not an ``s3://bucket/key`` URI.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme != "s3" or not parsed.netloc:
+        raise ValueError(f"expected s3://bucket/key, got {uri!r}")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@functools.lru_cache(maxsize=1)
+def s3_client():
+    """A boto3 S3 client configured from the environment (cached per process)."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get("VS_S3_ENDPOINT_URL") or None)
+
+
+def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
+    """Read a whole object.
+
+    Args:
+        uri: local path, ``file://``, ``http(s)://`` or ``s3://`` URI.
+        max_bytes: refuse objects larger than this.
+        timeout_s: connect/read timeout for HTTP, in seconds.
+
+    Raises:
+        ObjectNotFound: nothing at ``uri``.
+        ObjectTooLarge: larger than ``max_bytes``.
+        StorageError: any other read failure (timeout, connection refused, permission denied, …).
+    """
+    kind = scheme(uri)
+    if kind == "file":
+        return _read_local(uri, max_bytes)
+    if kind in ("http", "https"):
+        return _read_http(uri, max_bytes, timeout_s)
+    if kind == "s3":
+        return _read_s3(uri, max_bytes)
+    raise StorageError(f"unsupported URI scheme {kind!r} in {uri!r}: expected a path, file://, http(s):// or s3://")
+
+
+def _read_local(uri: str, max_bytes: int) -> bytes:
+    path = local_path(uri)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ObjectTooLarge(f"{uri}: {size} bytes is over the {max_bytes}-byte limit")
+        return path.read_bytes()
+    except FileNotFoundError as e:
+        raise ObjectNotFound(f"{uri}: no such file") from e
+    except IsADirectoryError as e:
+        raise StorageError(f"{uri}: is a directory, expected a file") from e
+    except PermissionError as e:
+        raise StorageError(f"{uri}: permission denied") from e
+
+
+def _read_http(uri: str, max_bytes: int, timeout_s: float) -> bytes:
+    import httpx
+
+    try:
+        with httpx.stream("GET", uri, timeout=timeout_s, follow_redirects=True) as response:
+            if response.status_code == 404:
+                raise ObjectNotFound(f"{uri}: HTTP 404")
+            if response.status_code >= 400:
+                raise StorageError(f"{uri}: HTTP {response.status_code}")
+            return bounded_body(response.iter_bytes(), max_bytes, uri)
+    except httpx.TimeoutException as e:
+        raise StorageError(f"{uri}: timed out after {timeout_s} s") from e
+    except httpx.HTTPError as e:
+        raise StorageError(f"{uri}: {type(e).__name__}: {e}") from e
+
+
+def bounded_body(chunks, max_bytes: int, uri: str) -> bytes:
+    """Join an iterator of byte chunks, raising :class:`ObjectTooLarge` once past ``max_bytes``."""
+    body = bytearray()
+    for chunk in chunks:
+        body += chunk
+        if len(body) > max_bytes:
+            raise ObjectTooLarge(f"{uri}: larger than the {max_bytes}-byte limit")
+    return bytes(body)
+
+
+def _read_s3(uri: str, max_bytes: int) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = split_s3(uri)
+    try:
+        obj = s3_client().get_object(Bucket=bucket, Key=key)
+        if obj["ContentLength"] > max_bytes:
+            raise ObjectTooLarge(f"{uri}: {obj['ContentLength']} bytes is over the {max_bytes}-byte limit")
+        return obj["Body"].read()
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchKey", "404", "NoSuchBucket"):
+            raise ObjectNotFound(f"{uri}: {code}") from e
+        raise StorageError(f"{uri}: S3 error {code}: {e}") from e
+    except BotoCoreError as e:
+        raise StorageError(f"{uri}: {type(e).__name__}: {e}") from e
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object to a local path (parents created) or ``s3://``.
+
+    Raises:
+        StorageError: unsupported scheme or a write failure.
+    """
+    kind = scheme(uri)
+    if kind == "file":
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    elif kind == "s3":
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+        except Exception as e:
+            raise StorageError(f"{uri}: could not write: {e}") from e
+    else:
+        raise StorageError(f"cannot write to {uri!r}: expected a local path or s3://")
