@@ -20,7 +20,10 @@ class FilterError(ValueError):
 
     def __init__(self, field: str, message: str):
         super().__init__(f"filter on {field!r}: {message}")
-        self.field = field
+        self.field, self.reason = field, message
+
+    def __reduce__(self):  # keep it picklable across Ray processes
+        return FilterError, (self.field, self.reason)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ class ImageDecodeError(ValueError):
     """The bytes are not a decodable image (corrupt, truncated, unsupported or too large)."""
 
 
+class UnsupportedImageError(ImageDecodeError):
+    """The bytes are empty or not in any image format Pillow can identify."""
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Return an RGB image: EXIF orientation applied, any alpha composited onto white.
 
@@ -52,10 +56,11 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
         RGB image with EXIF orientation applied and transparency composited onto white.
 
     Raises:
-        ImageDecodeError: empty, not an image, truncated/corrupt, or larger than ``max_pixels``.
+        UnsupportedImageError: empty, or not in a format Pillow identifies.
+        ImageDecodeError: truncated/corrupt, or larger than ``max_pixels``.
     """
     if not data:
-        raise ImageDecodeError("empty file: expected an image (JPEG, PNG, WebP, GIF, BMP or TIFF)")
+        raise UnsupportedImageError("empty file: expected an image (JPEG, PNG, WebP, GIF, BMP or TIFF)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -68,7 +73,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as e:
-        raise ImageDecodeError(
+        raise UnsupportedImageError(
             f"not an image: cannot identify the {len(data)}-byte file as JPEG, PNG, WebP, GIF, BMP or TIFF"
         ) from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

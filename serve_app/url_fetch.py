@@ -12,7 +12,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Sequence
-from urllib.parse import urljoin, urlparse
+from urllib.parse import ParseResult, urljoin, urlparse
 
 import httpx
 
@@ -34,8 +34,11 @@ class UrlFetchError(ValueError):
         self.status = status
         self.code = code
 
+    def __reduce__(self):  # keep it picklable across Ray processes
+        return UrlFetchError, (str(self), self.status, self.code)
 
-def _check_scheme(url: str) -> urlparse:
+
+def _check_scheme(url: str) -> ParseResult:
     parsed = urlparse(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise UrlFetchError(f"image_url must be an http:// or https:// URL with a host, got {url!r}",

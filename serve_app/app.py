@@ -1,0 +1,23 @@
+"""``build_app(args) -> Application``: the one place that binds the Serve deployment graph.
+
+Ingress (FastAPI) → Encoder (CLIP, ``@serve.batch``) → Retriever (k-NN index). Used by
+``serve run configs/serve.yaml`` (``import_path: serve_app.app:build_app``) and by the tests.
+"""
+
+from ray.serve import Application
+
+from serve_app.config import AppArgs
+from serve_app.deployments import Encoder, Retriever
+from serve_app.ingress import Ingress
+
+
+def build_app(args: dict | None = None) -> Application:
+    """Bind the graph from app args (see :class:`serve_app.config.AppArgs`; ``VS_*`` env vars override).
+
+    Raises:
+        ValueError: unknown or invalid args (the message lists the valid ones).
+    """
+    config = AppArgs.from_args(args)
+    encoder = Encoder.bind(config.model, config.dtype, config.encoder_threads, config.max_image_pixels)
+    retriever = Retriever.bind(config.index, config.index_options())
+    return Ingress.bind(encoder, retriever, config.model_dump())

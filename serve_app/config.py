@@ -1,0 +1,64 @@
+"""Application arguments of the Serve app (``args:`` in configs/serve.yaml), validated by pydantic.
+
+Environment variables override the YAML: ``VS_MODEL`` (hub id or folder), ``VS_INDEX`` (index URI) and
+``VS_DTYPE`` (``float32``/``bfloat16``). An unknown key is an error that lists the valid ones (the habit of
+Ray's ``app_builder`` docs).
+"""
+
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from serve_app.embedding import DEFAULT_MODEL
+
+MiB = 1024 * 1024
+
+
+class AppArgs(BaseModel):
+    """Arguments of :func:`serve_app.app.build_app`."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = DEFAULT_MODEL
+    index: str = "./data/index"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    encoder_threads: int | None = Field(None, ge=1, description="torch threads per Encoder replica")
+    max_upload_bytes: int = Field(10 * MiB, ge=1024, description="uploads above this get 413")
+    max_image_pixels: int = Field(90_000_000, ge=10_000, description="decompression-bomb limit")
+    max_k: int = Field(1000, ge=1, le=10_000)
+    image_url_timeout_s: float = Field(5.0, gt=0, le=60)
+    image_url_max_bytes: int = Field(10 * MiB, ge=1024)
+    image_url_allow_networks: list[str] = Field(
+        default_factory=list, description="CIDRs exempt from the SSRF private-address rule")
+    ann_nprobes: int = Field(20, ge=1)
+    ann_ef: int = Field(100, ge=1)
+    ann_refine_factor: int = Field(5, ge=1)
+
+    @field_validator("index")
+    @classmethod
+    def _absolute_local_index(cls, v: str) -> str:
+        # Replicas may run in another working directory than `serve run`: pin relative paths now.
+        return v if "://" in v else os.path.abspath(os.path.expanduser(v))
+
+    @classmethod
+    def from_args(cls, args: dict | None) -> "AppArgs":
+        """Validate ``args`` after applying the ``VS_*`` environment overrides.
+
+        Raises:
+            ValueError: an unknown key (listing the valid ones) or an invalid value.
+        """
+        merged = dict(args or {})
+        unknown = sorted(set(merged) - set(cls.model_fields))
+        if unknown:
+            raise ValueError(f"unknown app args {unknown}; valid args are {sorted(cls.model_fields)}")
+        for key, env in (("model", "VS_MODEL"), ("index", "VS_INDEX"), ("dtype", "VS_DTYPE")):
+            if os.environ.get(env):
+                merged[key] = os.environ[env]
+        try:
+            return cls(**merged)
+        except ValidationError as e:
+            raise ValueError(f"invalid app args: {e}") from e
+
+    def index_options(self) -> dict:
+        return {"nprobes": self.ann_nprobes, "ef": self.ann_ef, "refine_factor": self.ann_refine_factor}

@@ -1,0 +1,117 @@
+"""Ray Serve deployments: thin wrappers around the stage functions (model and index code lives elsewhere).
+
+- :class:`Encoder` — CLIP, batched with ``@serve.batch``; batch size and wait are ``user_config`` so they can
+  be tuned at run time (``reconfigure``), following Ray's batching guide.
+- :class:`Retriever` — the k-NN index; I/O-bound, many concurrent requests per replica.
+
+Blocking work (image decoding, the torch forward, LanceDB queries) runs in a worker thread so the replica's
+event loop keeps accepting requests and can fill the next batch.
+"""
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from serve_app.embedding import load_clip
+from serve_app.filters import parse_filters
+from serve_app.images import decode_image
+from serve_app.index import open_index
+
+log = logging.getLogger("ray.serve")
+
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_BATCH_WAIT_S = 0.005
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32,
+                  user_config={"max_batch_size": DEFAULT_MAX_BATCH_SIZE,
+                               "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_S})
+class Encoder:
+    """CLIP encoder replica.
+
+    Args:
+        model: hub id or local folder. dtype: ``"float32"`` or ``"bfloat16"``.
+        num_threads: torch intra-op threads (``None``: torch's default, all cores).
+        max_image_pixels: decompression-bomb limit for uploads.
+    """
+
+    def __init__(self, model: str, dtype: str = "float32", num_threads: int | None = None,
+                 max_image_pixels: int = 90_000_000):
+        self.embedder = load_clip(model, dtype=dtype, num_threads=num_threads)
+        self.max_image_pixels = max_image_pixels
+        self.embedder.embed_texts(["warm-up"])  # first forward allocates; keep it off the first request
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
+        wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S))
+        for method in (self._embed_pixels_batch, self._embed_texts_batch):
+            method.set_max_batch_size(size)
+            method.set_batch_wait_timeout_s(wait)
+
+    def info(self) -> dict[str, Any]:
+        return {"model_id": self.embedder.model_id, "dim": self.embedder.dim, "weights": self.embedder.weights,
+                "dtype": self.embedder.dtype}
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _embed_pixels_batch(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
+        vectors = await asyncio.to_thread(self.embedder.embed_pixels, np.stack(pixels))  # [B, D]
+        return list(vectors)
+
+    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
+    async def _embed_texts_batch(self, texts: list[str]) -> list[np.ndarray]:
+        vectors = await asyncio.to_thread(self.embedder.embed_texts, texts)  # [B, D]
+        return list(vectors)
+
+    def _decode_and_preprocess(self, data: bytes) -> np.ndarray:
+        image = decode_image(data, max_pixels=self.max_image_pixels)
+        return self.embedder.preprocess([image])[0]  # [3, H, W]
+
+    async def embed_image(self, data: bytes) -> np.ndarray:
+        """Encoded image bytes → float32 ``(1, D)`` L2-normalised embedding.
+
+        Raises:
+            ImageDecodeError: not a decodable image (this request only; the batch is unaffected).
+        """
+        pixels = await asyncio.to_thread(self._decode_and_preprocess, data)
+        return (await self._embed_pixels_batch(pixels))[None, :]
+
+    async def embed_text(self, text: str) -> np.ndarray:
+        """Query text → float32 ``(1, D)`` L2-normalised embedding.
+
+        Raises:
+            ValueError: empty text.
+        """
+        if not text.strip():
+            raise ValueError("query text is empty")
+        return (await self._embed_texts_batch(text))[None, :]
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+class Retriever:
+    """k-NN retrieval replica over the index at ``index`` (see :func:`serve_app.index.open_index`)."""
+
+    def __init__(self, index: str, index_options: dict[str, Any] | None = None):
+        self.index = open_index(index, **(index_options or {}))
+
+    def info(self) -> dict[str, Any]:
+        return {"index": self.index.uri, "products": self.index.count(), "model_id": self.index.info.model_id,
+                "dim": self.index.info.dim}
+
+    async def search(self, vectors: np.ndarray, k: int, filters: dict | None = None) -> list[list[dict[str, Any]]]:
+        """k-NN for each query row.
+
+        Args:
+            vectors: float32 ``(Q, D)``. k: results per query. filters: contract filter object.
+
+        Returns:
+            ``Q`` lists of result dicts (``product_id``, ``score``, metadata), best first.
+
+        Raises:
+            FilterError: unknown field or wrong value type in ``filters``.
+        """
+        clauses = parse_filters(filters)
+        hits = await asyncio.to_thread(self.index.search, vectors, k, clauses)
+        return [[h.metadata | {"product_id": h.product_id, "score": round(h.score, 6)} for h in row] for row in hits]

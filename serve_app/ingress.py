@@ -1,0 +1,156 @@
+"""HTTP ingress (FastAPI on Ray Serve): validates requests, chains the stages, shapes responses.
+
+No model or index code here. The ingress reads an upload once, passes its bytes to the Encoder, hands the
+Encoder's ``DeploymentResponse`` straight to the Retriever and awaits only the Retriever's answer (Ray Serve
+"model composition" guide). Errors follow the contract envelope (:mod:`serve_app.errors`).
+"""
+# No `from __future__ import annotations` here: FastAPI must see real types to recognise UploadFile.
+
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, field_validator
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.config import AppArgs
+from serve_app.errors import ApiError, error_response, to_api_error
+from serve_app.filters import FilterError, parse_filters
+from serve_app.url_fetch import fetch_image_url
+
+MAX_K = 1000
+app = FastAPI(title="Visual Search", version="0.1.0",
+              description="Search a product catalog by photo or text (CLIP embeddings, k-NN).")
+
+
+class TextQuery(BaseModel):
+    query: str = Field(..., description="free-text description of the product", max_length=2000)
+    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
+    filters: dict[str, Any] | None = Field(None, description='e.g. {"category": ["food"], "price": {"lte": 20}}')
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("query must not be empty")
+        return v
+
+
+@app.exception_handler(ApiError)
+async def _api_error(_: Request, e: ApiError):
+    return error_response(e.status, e.code, e.message)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, e: RequestValidationError):
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body",))
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return error_response(422, "invalid_request", "; ".join(parts))
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, e: StarletteHTTPException):
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(e.status_code, "http_error")
+    return error_response(e.status_code, code, str(e.detail))
+
+
+@app.exception_handler(Exception)
+async def _unhandled(_: Request, e: Exception):
+    err = to_api_error(e)
+    return error_response(err.status, err.code, err.message)
+
+
+def _parse_filters_field(filters: str | None) -> dict | None:
+    if filters is None or not filters.strip():
+        return None
+    try:
+        parsed = json.loads(filters)
+    except json.JSONDecodeError as e:
+        raise ApiError(422, "invalid_filter", f"filters must be a JSON object: {e.msg} at column {e.colno}") from e
+    if not isinstance(parsed, dict):
+        raise ApiError(422, "invalid_filter", f"filters must be a JSON object, got {type(parsed).__name__}")
+    return parsed
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=100)
+@serve.ingress(app)
+class Ingress:
+    """The HTTP front door; holds handles to the Encoder and Retriever deployments."""
+
+    def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, args: dict):
+        self.encoder, self.retriever = encoder, retriever
+        self.args = AppArgs(**args)
+
+    async def _check_size(self, request: Request) -> None:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > self.args.max_upload_bytes + 64 * 1024:
+            raise ApiError(413, "payload_too_large",
+                           f"request body is {declared} bytes; uploads are limited to {self.args.max_upload_bytes}")
+
+    async def _read_upload(self, file: UploadFile) -> bytes:
+        data = await file.read(self.args.max_upload_bytes + 1)
+        if len(data) > self.args.max_upload_bytes:
+            raise ApiError(413, "payload_too_large",
+                           f"uploaded file is over the {self.args.max_upload_bytes}-byte limit")
+        return data
+
+    async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
+        try:
+            parse_filters(filters)  # fail fast with 422; the Retriever parses again for its backend
+        except FilterError as e:
+            raise to_api_error(e) from None
+        try:
+            rows = await self.retriever.search.remote(vector_response, k, filters)
+        except Exception as e:
+            raise to_api_error(e) from None
+        return rows[0]
+
+    @app.get("/healthz")
+    async def healthz(self):
+        """200 when the model and index are loaded: product count, model id, weights kind."""
+        encoder, index = await self.encoder.info.remote(), await self.retriever.info.remote()
+        body = {"status": "ok", "products": index["products"], "model_id": encoder["model_id"],
+                "model_weights": encoder["weights"], "dtype": encoder["dtype"], "dim": encoder["dim"],
+                "index": index["index"], "index_model_id": index["model_id"]}
+        if encoder["dim"] != index["dim"]:
+            body["status"] = "error"
+            body["message"] = (f"index holds {index['dim']}-d embeddings from {index['model_id']!r} but the model "
+                               f"makes {encoder['dim']}-d ones: re-ingest with this model")
+            return error_response(503, "model_index_mismatch", body["message"])
+        return body
+
+    @app.post("/search/text")
+    async def search_text(self, body: TextQuery):
+        """Text → CLIP text embedding → k-NN over product image embeddings."""
+        started = time.perf_counter()
+        vector = self.encoder.embed_text.remote(body.query)
+        results = await self._search(vector, body.k, body.filters)
+        return {"results": results, "k": body.k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+
+    @app.post("/search/image")
+    async def search_image(self, request: Request, file: UploadFile | None = File(None),
+                           image_url: str | None = Form(None), k: int = Form(10, ge=1, le=MAX_K),
+                           filters: str | None = Form(None, description="JSON object")):
+        """Photo (multipart ``file`` or form field ``image_url``) → CLIP image embedding → k-NN."""
+        started = time.perf_counter()
+        await self._check_size(request)
+        parsed_filters = _parse_filters_field(filters)
+        if (file is None) == (not image_url):
+            raise ApiError(422, "invalid_request", "send exactly one of a multipart `file` or an `image_url` field")
+        if file is not None:
+            data = await self._read_upload(file)
+        else:
+            try:
+                data = await fetch_image_url(image_url, self.args.image_url_max_bytes, self.args.image_url_timeout_s,
+                                             self.args.image_url_allow_networks)
+            except Exception as e:
+                raise to_api_error(e) from None
+        vector = self.encoder.embed_image.remote(data)
+        results = await self._search(vector, k, parsed_filters)
+        return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
