@@ -20,20 +20,6 @@ DEFAULT_INDEX = "./data/index"
 DEFAULT_INGEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ingest.yaml"
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` when set, else start a local Ray without the dashboard."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
-    if ray.is_initialized():
-        return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 log_to_driver=False)
-
-
 def cmd_sample_catalog(args) -> int:
     from batch_jobs.sample_catalog import SampleCatalogUnavailable, write_sample_catalog
 
@@ -78,7 +64,6 @@ def cmd_ingest(args) -> int:
 
     options = ingest_options(args)
     index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
-    init_ray()
     try:
         report = ingest(args.catalog, index, options, report=args.report, embeddings=args.embeddings)
     except (ManifestError, ModelLoadError) as e:

@@ -7,6 +7,7 @@ actors still use every core through torch's intra-op threads.
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -56,6 +57,19 @@ class IngestReport:
         return {k: v for k, v in asdict(self).items() if k != "bad_rows"}
 
 
+def init_ray() -> None:
+    """Connect to ``RAY_ADDRESS`` when set (a KubeRay cluster), else start a local Ray without the dashboard."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+
+
 def model_info(model: str) -> IndexInfo:
     """Model id, embedding dimension and weights kind, read from the model's config without loading weights.
 
@@ -94,6 +108,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     started = time.perf_counter()
     products, bad = read_manifest(catalog)
     info = model_info(options.model)
+    init_ray()
     run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
     report = report or f"{index.rstrip('/')}/ingest_report.json"

@@ -66,6 +66,15 @@ async def _unhandled(_: Request, e: Exception):
     return error_response(err.status, err.code, err.message)
 
 
+def _check_filters(filters: dict | None) -> dict | None:
+    """Validate early (422 before any model work); the Retriever parses again for its backend."""
+    try:
+        parse_filters(filters)
+    except FilterError as e:
+        raise to_api_error(e) from None
+    return filters
+
+
 def _parse_filters_field(filters: str | None) -> dict | None:
     if filters is None or not filters.strip():
         return None
@@ -75,7 +84,7 @@ def _parse_filters_field(filters: str | None) -> dict | None:
         raise ApiError(422, "invalid_filter", f"filters must be a JSON object: {e.msg} at column {e.colno}") from e
     if not isinstance(parsed, dict):
         raise ApiError(422, "invalid_filter", f"filters must be a JSON object, got {type(parsed).__name__}")
-    return parsed
+    return _check_filters(parsed)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=100)
@@ -102,10 +111,6 @@ class Ingress:
 
     async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
         try:
-            parse_filters(filters)  # fail fast with 422; the Retriever parses again for its backend
-        except FilterError as e:
-            raise to_api_error(e) from None
-        try:
             rows = await self.retriever.search.remote(vector_response, k, filters)
         except Exception as e:
             raise to_api_error(e) from None
@@ -129,6 +134,7 @@ class Ingress:
     async def search_text(self, body: TextQuery):
         """Text → CLIP text embedding → k-NN over product image embeddings."""
         started = time.perf_counter()
+        _check_filters(body.filters)
         vector = self.encoder.embed_text.remote(body.query)
         results = await self._search(vector, body.k, body.filters)
         return {"results": results, "k": body.k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}

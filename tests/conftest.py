@@ -1,0 +1,163 @@
+"""Shared fixtures: a tiny random-weight CLIP, a small real catalog, one local Ray, one ingestion, one Serve app.
+
+Everything heavy is session-scoped: Ray starts once (2 CPUs, no dashboard), the sample catalog is ingested
+once by the real Ray Data pipeline, and the real Ray Serve app is started once on a free 127.0.0.1 port.
+"""
+
+import json
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for _var in ("VS_MODEL", "VS_INDEX", "VS_DTYPE"):  # the tests pass their own model and index
+    os.environ.pop(_var, None)
+
+import httpx  # noqa: E402
+import pytest  # noqa: E402
+
+STAMPS = Path("/usr/share/tuxpaint/stamps")
+N_SAMPLE = 60
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from serve_app.random_clip import make_random_clip
+
+    return str(make_random_clip(tmp_path_factory.mktemp("models") / "clip-tiny", "tiny"))
+
+
+@pytest.fixture(scope="session")
+def embedder(tiny_model):
+    from serve_app.embedding import load_clip
+
+    return load_clip(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def sample_rows() -> list[dict]:
+    if not STAMPS.is_dir():
+        pytest.skip("tuxpaint-stamps-default is not installed (apt-get install tuxpaint-stamps-default)")
+    from batch_jobs.sample_catalog import sample_products
+
+    rows = sample_products()
+    step = max(1, len(rows) // N_SAMPLE)
+    return rows[::step][:N_SAMPLE]
+
+
+BAD_ROWS = [
+    {"product_id": "bad-missing-file", "title": "missing", "image": "/nonexistent/nothing.png"},
+    {"product_id": "bad-corrupt", "title": "corrupt", "image": "corrupt.png"},
+    {"product_id": "bad-truncated", "title": "truncated", "image": "truncated.png"},
+    {"product_id": "bad-unreachable-url", "title": "unreachable", "image": "http://127.0.0.1:9/nothing.png"},
+]
+
+
+@pytest.fixture(scope="session")
+def catalog(tmp_path_factory, sample_rows) -> Path:
+    """A JSON Lines manifest: ~60 real Tux Paint products, 4 rows with bad images, 2 malformed lines."""
+    folder = tmp_path_factory.mktemp("catalog")
+    (folder / "corrupt.png").write_bytes(b"this is not a png")
+    (folder / "truncated.png").write_bytes(Path(sample_rows[0]["image"]).read_bytes()[:300])
+    lines = [json.dumps(r) for r in sample_rows] + [json.dumps(r) for r in BAD_ROWS]
+    lines += ["{not json", json.dumps({"title": "no id", "image": "x.png"})]
+    path = folder / "catalog.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ingested(ray_session, catalog, tiny_model, tmp_path_factory):
+    """Runs the real Ray Data ingestion once; returns ``(index_uri, report)``."""
+    from batch_jobs.pipeline import IngestOptions, ingest
+
+    index = str(tmp_path_factory.mktemp("index") / "lancedb")
+    report = ingest(str(catalog), index, IngestOptions(model=tiny_model, batch_size=8, fetch_timeout_s=2.0))
+    return index, report
+
+
+class _ImageHost(BaseHTTPRequestHandler):
+    """Serves files for image_url tests: /img/<path>, /slow (never answers in time), /big (too large)."""
+
+    files: dict[str, bytes] = {}
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/slow":
+            threading.Event().wait(5)
+            return
+        if self.path == "/redirect-private":
+            self.send_response(302)
+            self.send_header("Location", "http://10.0.0.1/x.png")
+            self.end_headers()
+            return
+        body = b"\0" * (2 * 1024 * 1024) if self.path == "/big" else self.files.get(self.path)
+        if body is None:
+            self.send_response(404)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def image_host(sample_rows):
+    """An HTTP server on 127.0.0.2 (allowed via image_url_allow_networks); 127.0.0.1 stays forbidden."""
+    for row in sample_rows[:3]:
+        _ImageHost.files["/img/" + Path(row["image"]).name] = Path(row["image"]).read_bytes()
+    port = free_port("127.0.0.2")
+    server = ThreadingHTTPServer(("127.0.0.2", port), _ImageHost)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.2:{port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def service(ingested, tiny_model, image_host) -> str:
+    """The real Ray Serve app over HTTP on a free port; returns its base URL."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    index, _ = ingested
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = build_app({"model": tiny_model, "index": index, "max_upload_bytes": 1024 * 1024,
+                     "image_url_timeout_s": 1.0, "image_url_max_bytes": 1024 * 1024,
+                     "image_url_allow_networks": ["127.0.0.2/32"]})
+    serve.run(app, name="visual_search", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    assert httpx.get(base + "/healthz", timeout=30).status_code == 200
+    return base
+
+
+@pytest.fixture(scope="session")
+def http(service):
+    with httpx.Client(base_url=service, timeout=30) as client:
+        yield client

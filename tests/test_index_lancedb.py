@@ -1,0 +1,105 @@
+"""The embedded LanceDB backend against an exact NumPy k-NN."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from serve_app.filters import parse_filters
+from serve_app.index import IndexInfo, IndexOpenError, open_index, row_schema
+
+DIM = 32
+
+
+def _rows(vectors: np.ndarray, start: int = 0) -> pa.Table:
+    n = len(vectors)
+    ids = [f"p{start + i}" for i in range(n)]
+    return pa.table({
+        "product_id": ids, "title": [f"title {i}" for i in ids],
+        "category": ["rare" if (start + i) % 100 == 0 else "common" for i in range(n)],
+        "brand": [None] * n, "price": [float(start + i) for i in range(n)], "image_url": ["x.png"] * n,
+        "attributes": [json.dumps({"color": "red"})] * n,
+        "phash": np.arange(start, start + n, dtype=np.int64),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
+    }, schema=row_schema(DIM))
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def data():
+    rng = np.random.default_rng(0)
+    return _unit(rng.normal(size=(2000, DIM))), _unit(rng.normal(size=(5, DIM)))
+
+
+def test_knn_equals_exact_numpy_search(tmp_path, data):
+    vectors, queries = data
+    index = open_index(str(tmp_path), IndexInfo("m", DIM))
+    index.upsert(_rows(vectors))
+    hits = index.search(queries, 10)
+    exact = queries @ vectors.T
+    for q, row in enumerate(hits):
+        order = np.argsort(-exact[q])[:10]
+        assert [h.product_id for h in row] == [f"p{i}" for i in order]
+        np.testing.assert_allclose([h.score for h in row], exact[q, order], atol=1e-5)
+    assert hits[0][0].metadata["color"] == "red" and hits[0][0].metadata["title"].startswith("title")
+
+
+def test_selective_filter_still_returns_k(tmp_path, data):
+    vectors, queries = data
+    index = open_index(str(tmp_path), IndexInfo("m", DIM))
+    index.upsert(_rows(vectors))
+    hits = index.search(queries, 10, parse_filters({"category": "rare"}))  # 20 of 2000 rows match (1 %)
+    rare = np.array([i for i in range(2000) if i % 100 == 0])
+    for q, row in enumerate(hits):
+        assert len(row) == 10
+        order = rare[np.argsort(-(vectors[rare] @ queries[q]))[:10]]
+        assert [h.product_id for h in row] == [f"p{i}" for i in order]
+    ranged = index.search(queries[:1], 1000, parse_filters({"price": {"gte": 10, "lt": 20}}))
+    assert sorted(h.metadata["price"] for h in ranged[0]) == [float(i) for i in range(10, 20)]
+
+
+def test_upsert_delete_reopen(tmp_path, data):
+    vectors, _ = data
+    index = open_index(str(tmp_path), IndexInfo("model-a", DIM))
+    index.upsert(_rows(vectors[:100]))
+    index.upsert(_rows(vectors[:100]))
+    assert index.count() == 100
+    index.upsert(_rows(vectors[50:150], start=50))
+    assert index.count() == 150
+    assert index.delete(["p0", "p1", "missing"]) == 2
+    reopened = open_index(str(tmp_path))
+    assert reopened.count() == 148 and reopened.info.model_id == "model-a"
+    assert reopened.get(["p0"]) == [] and reopened.get(["p2"])[0]["phash"] == 2
+
+
+def test_missing_index_and_dimension_mismatch_are_clear_errors(tmp_path):
+    with pytest.raises(IndexOpenError, match="ingest"):
+        open_index(str(tmp_path / "none"))
+    open_index(str(tmp_path / "ix"), IndexInfo("m", DIM))
+    with pytest.raises(IndexOpenError, match="dimensional"):
+        open_index(str(tmp_path / "ix"), IndexInfo("other", 512))
+
+
+def test_ann_index_after_bulk_load_keeps_recall(tmp_path):
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(20, DIM))
+    vectors = _unit(centers[rng.integers(0, 20, 6000)] + 0.3 * rng.normal(size=(6000, DIM)))
+    queries = _unit(vectors[:50] + 0.05 * rng.normal(size=(50, DIM)))
+    index = open_index(str(tmp_path), IndexInfo("m", DIM), ann_min_rows=5000)
+    index.upsert(_rows(vectors))
+    index.finish_bulk_load()
+    assert index.has_ann_index()
+    hits = index.search(queries, 10)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    recall = np.mean([len({h.product_id for h in row} & {f"p{i}" for i in e}) / 10 for row, e in zip(hits, exact)])
+    assert recall >= 0.95
+
+
+def test_query_shape_is_checked(tmp_path):
+    index = open_index(str(tmp_path), IndexInfo("m", DIM))
+    with pytest.raises(ValueError, match="shape"):
+        index.search(np.zeros((1, DIM + 1), np.float32), 5)
