@@ -78,7 +78,7 @@ def model_info(model: str) -> IndexInfo:
     """
     from serve_app.embedding import load_model_config, weights_kind
 
-    config = load_model_config(model)
+    config = load_model_config(model, check_processor=False)  # the actors load the processor
     return IndexInfo(model_id=model, dim=int(config.projection_dim), weights=weights_kind(model))
 
 

@@ -37,7 +37,7 @@ def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_B
         model: hub id or folder whose image processor to use (the same as the embedding model's).
 
     Returns:
-        The input columns plus ``phash`` (int64), ``pixels`` (float32 ``(N, 3, 224, 224)``, zeros for
+        The input columns plus ``phash`` (int64), ``pixels`` (uint8 ``(N, 3, 224, 224)``, zeros for
         failed rows) and ``error`` (``""`` or the reason the row failed).
     """
     embedder = _processor_embedder(model)
@@ -55,7 +55,7 @@ def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_B
         images.append(image)
         ok_rows.append(i)
     pixels_ok = embedder.preprocess(images)  # [n_ok, 3, H, W]
-    pixels = np.zeros((n,) + pixels_ok.shape[1:], np.float32) if n else pixels_ok
+    pixels = np.zeros((n,) + pixels_ok.shape[1:], np.uint8) if n else pixels_ok
     pixels[ok_rows] = pixels_ok
     return dict(batch) | {"phash": phashes, "pixels": pixels, "error": errors}
 
@@ -65,8 +65,8 @@ class EmbedImages:
 
     Args:
         model: hub id or local folder. dtype: ``"float32"`` or ``"bfloat16"``.
-        num_threads: torch intra-op threads for this actor (the actor asks Ray for a fraction of a CPU but
-            may use every core while the forward runs).
+        num_threads: torch intra-op threads for this actor (``None``: every core; the actor asks Ray for a
+            fraction of a CPU but uses every core while the forward runs).
     """
 
     def __init__(self, model: str, dtype: str = "float32", num_threads: int | None = None):

@@ -34,15 +34,18 @@ def test_batched_equals_one_at_a_time(embedder):
                                np.concatenate([embedder.embed_texts([t]) for t in texts]), atol=1e-5)
 
 
-def test_embedding_is_the_projection_of_the_model_output(embedder):
+def test_embedding_equals_hf_processor_plus_normalised_projection(embedder):
+    """Independent answer: transformers' own full preprocessing, vision tower and projection."""
     import torch
 
-    pixels = embedder.preprocess(_images(2))
+    images = _images(2)
+    reference = embedder.processor.image_processor(images=images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(embedder.normalise_pixels(embedder.preprocess(images)), reference, atol=1e-4)
     with torch.no_grad():
-        vision = embedder.model.vision_model(pixel_values=torch.from_numpy(pixels)).pooler_output
+        vision = embedder.model.vision_model(pixel_values=torch.from_numpy(reference)).pooler_output
         expected = embedder.model.visual_projection(vision).numpy()
     expected /= np.linalg.norm(expected, axis=1, keepdims=True)
-    np.testing.assert_allclose(embedder.embed_pixels(pixels), expected, atol=1e-5)
+    np.testing.assert_allclose(embedder.embed_images(images), expected, atol=1e-5)
 
 
 def test_bfloat16_autocast_stays_close_to_float32(tiny_model):
