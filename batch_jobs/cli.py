@@ -1,4 +1,4 @@
-"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, demo.
+"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, make-clip, demo.
 
 Every command takes ``--help``. Model, index and precision come from ``--model``/``--index``/``--dtype``, else
 from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
@@ -75,6 +75,15 @@ def cmd_ingest(args) -> int:
     return 0
 
 
+def cmd_make_clip(args) -> int:
+    from batch_jobs.make_clip import make_clip
+
+    shots = make_clip(args.out, args.images, args.seconds, args.fps, args.width, args.height)
+    print(json.dumps({"clip": args.out, "shots": [{"image": i, "start_s": a, "end_s": b}
+                                                  for i, (a, b) in zip(args.images, shots)]}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m batch_jobs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
     p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("make-clip", help="synthesise a query video, one shot per catalog image")
+    p.add_argument("out", help=".mp4 file to write")
+    p.add_argument("images", nargs="+", help="image paths or URIs, one shot each")
+    p.add_argument("--seconds", type=float, default=2.5, help="duration of each shot")
+    p.add_argument("--fps", type=int, default=25)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    p.set_defaults(func=cmd_make_clip)
 
     from batch_jobs.demo import add_demo_parser
 

@@ -31,6 +31,10 @@ class AppArgs(BaseModel):
     image_url_max_bytes: int = Field(10 * MiB, ge=1024)
     image_url_allow_networks: list[str] = Field(
         default_factory=list, description="CIDRs exempt from the SSRF private-address rule")
+    max_video_bytes: int = Field(50 * MiB, ge=1024, description="video uploads above this get 413")
+    max_video_duration_s: float = Field(120.0, gt=0, description="longer clips get 422")
+    max_video_frames: int = Field(64, ge=1, le=1000, description="clips sampling more frames get 422")
+    max_video_fps: float = Field(10.0, gt=0, le=60)
     ann_nprobes: int = Field(20, ge=1)
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)

@@ -10,6 +10,7 @@ event loop keeps accepting requests and can fill the next batch.
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -17,16 +18,19 @@ from ray import serve
 
 from serve_app.embedding import load_clip
 from serve_app.filters import parse_filters
+from serve_app.fusion import fuse
 from serve_app.images import decode_image
 from serve_app.index import open_index
 
 log = logging.getLogger("ray.serve")
 
 DEFAULT_MAX_BATCH_SIZE = 16
-DEFAULT_BATCH_WAIT_S = 0.005
+DEFAULT_BATCH_WAIT_S = 0.0
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=32,
+# Code defaults ask for small CPU fractions so the whole graph (and a Ray Data job beside it) schedules on a
+# 2-core machine; configs/serve.yaml and the Kubernetes manifests set the real values per environment.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
                   user_config={"max_batch_size": DEFAULT_MAX_BATCH_SIZE,
                                "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_S})
 class Encoder:
@@ -78,6 +82,19 @@ class Encoder:
         pixels = await asyncio.to_thread(self._decode_and_preprocess, data)
         return (await self._embed_pixels_batch(pixels))[None, :]
 
+    def _embed_frames(self, frames: list[np.ndarray]) -> np.ndarray:
+        from PIL import Image
+
+        return self.embedder.embed_pixels(self.embedder.preprocess([Image.fromarray(f) for f in frames]))
+
+    async def embed_clip(self, clip: dict[str, Any]) -> dict[str, Any]:
+        """Embed all kept frames of a clip in one forward; replaces ``frames`` by ``vectors`` (K, D)."""
+        started = time.perf_counter()
+        vectors = await asyncio.to_thread(self._embed_frames, clip["frames"])  # [K, D]
+        out = {k: v for k, v in clip.items() if k != "frames"} | {"vectors": vectors}
+        out["took_ms"] = dict(clip["took_ms"]) | {"encode": round(1000 * (time.perf_counter() - started), 2)}
+        return out
+
     async def embed_text(self, text: str) -> np.ndarray:
         """Query text → float32 ``(1, D)`` L2-normalised embedding.
 
@@ -89,7 +106,7 @@ class Encoder:
         return (await self._embed_texts_batch(text))[None, :]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 class Retriever:
     """k-NN retrieval replica over the index at ``index`` (see :func:`serve_app.index.open_index`)."""
 
@@ -115,3 +132,20 @@ class Retriever:
         clauses = parse_filters(filters)
         hits = await asyncio.to_thread(self.index.search, vectors, k, clauses)
         return [[h.metadata | {"product_id": h.product_id, "score": round(h.score, 6)} for h in row] for row in hits]
+
+    async def search_clip(self, clip: dict[str, Any], k: int, filters: dict | None = None,
+                          fusion: str = "max") -> dict[str, Any]:
+        """One multi-query k-NN round trip for all kept frames of a clip, then fusion into one ranking.
+
+        Returns:
+            The video search response body: ``results`` (each with the frames that matched it),
+            ``frames_sampled``, ``frames_kept``, ``duration_s``, ``kept_frames`` (times) and ``took_ms``
+            per stage.
+        """
+        started = time.perf_counter()
+        per_frame = await self.search(clip["vectors"], min(1000, max(k, 20)), filters)
+        results = fuse(per_frame, clip["times"], k, fusion)
+        took = dict(clip["took_ms"]) | {"retrieve": round(1000 * (time.perf_counter() - started), 2)}
+        return {"results": results, "k": k, "fusion": fusion, "frames_sampled": clip["frames_sampled"],
+                "frames_kept": clip["frames_kept"], "duration_s": clip["duration_s"],
+                "kept_frames": [{"t": t} for t in clip["times"]], "took_ms": took}

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from serve_app.filters import FilterError
 from serve_app.images import ImageDecodeError, UnsupportedImageError
 from serve_app.url_fetch import UrlFetchError
+from serve_app.video import NoFramesError, VideoDecodeError, VideoLimitError
 
 
 class ApiError(Exception):
@@ -40,6 +41,12 @@ def to_api_error(e: BaseException) -> ApiError:
         return ApiError(415, "unsupported_media_type", str(cause))
     if isinstance(cause, ImageDecodeError) or isinstance(e, ImageDecodeError):
         return ApiError(400, "invalid_image", str(cause))
+    if isinstance(cause, VideoDecodeError):
+        return ApiError(415, "unsupported_media_type", str(cause))
+    if isinstance(cause, VideoLimitError):
+        return ApiError(422, "video_limit_exceeded", str(cause))
+    if isinstance(cause, NoFramesError):
+        return ApiError(422, "no_frames", str(cause))
     if isinstance(cause, FilterError):
         return ApiError(422, "invalid_filter", str(cause))
     if isinstance(cause, UrlFetchError):

@@ -87,26 +87,27 @@ def _parse_filters_field(filters: str | None) -> dict | None:
     return _check_filters(parsed)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=100)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
 @serve.ingress(app)
 class Ingress:
     """The HTTP front door; holds handles to the Encoder and Retriever deployments."""
 
-    def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, args: dict):
-        self.encoder, self.retriever = encoder, retriever
+    def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, decoder: DeploymentHandle,
+                 deduper: DeploymentHandle, args: dict):
+        self.encoder, self.retriever, self.decoder, self.deduper = encoder, retriever, decoder, deduper
         self.args = AppArgs(**args)
 
-    async def _check_size(self, request: Request) -> None:
+    @staticmethod
+    def _check_size(request: Request, limit: int) -> None:
         declared = int(request.headers.get("content-length") or 0)
-        if declared > self.args.max_upload_bytes + 64 * 1024:
-            raise ApiError(413, "payload_too_large",
-                           f"request body is {declared} bytes; uploads are limited to {self.args.max_upload_bytes}")
+        if declared > limit + 64 * 1024:
+            raise ApiError(413, "payload_too_large", f"request body is {declared} bytes; uploads are limited to {limit}")
 
-    async def _read_upload(self, file: UploadFile) -> bytes:
-        data = await file.read(self.args.max_upload_bytes + 1)
-        if len(data) > self.args.max_upload_bytes:
-            raise ApiError(413, "payload_too_large",
-                           f"uploaded file is over the {self.args.max_upload_bytes}-byte limit")
+    @staticmethod
+    async def _read_upload(file: UploadFile, limit: int) -> bytes:
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, "payload_too_large", f"uploaded file is over the {limit}-byte limit")
         return data
 
     async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
@@ -145,12 +146,12 @@ class Ingress:
                            filters: str | None = Form(None, description="JSON object")):
         """Photo (multipart ``file`` or form field ``image_url``) → CLIP image embedding → k-NN."""
         started = time.perf_counter()
-        await self._check_size(request)
+        self._check_size(request, self.args.max_upload_bytes)
         parsed_filters = _parse_filters_field(filters)
         if (file is None) == (not image_url):
             raise ApiError(422, "invalid_request", "send exactly one of a multipart `file` or an `image_url` field")
         if file is not None:
-            data = await self._read_upload(file)
+            data = await self._read_upload(file, self.args.max_upload_bytes)
         else:
             try:
                 data = await fetch_image_url(image_url, self.args.image_url_max_bytes, self.args.image_url_timeout_s,
@@ -160,3 +161,28 @@ class Ingress:
         vector = self.encoder.embed_image.remote(data)
         results = await self._search(vector, k, parsed_filters)
         return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+
+    @app.post("/search/video")
+    async def search_video(self, request: Request, file: UploadFile = File(..., description="video clip"),
+                           k: int = Form(10, ge=1, le=MAX_K), fps: float = Form(1.0, gt=0),
+                           max_frames: int | None = Form(None, ge=1), fusion: str = Form("max", pattern="^(max|rrf)$"),
+                           filters: str | None = Form(None, description="JSON object")):
+        """Clip → sample at ``fps`` → pHash frame dedup → CLIP (one batch) → multi-query k-NN → fusion."""
+        started = time.perf_counter()
+        self._check_size(request, self.args.max_video_bytes)
+        parsed_filters = _parse_filters_field(filters)
+        if fps > self.args.max_video_fps:
+            raise ApiError(422, "invalid_request", f"fps: at most {self.args.max_video_fps:g} frames per second")
+        if max_frames is not None and max_frames > self.args.max_video_frames:
+            raise ApiError(422, "video_limit_exceeded",
+                           f"max_frames: at most {self.args.max_video_frames} frames per clip")
+        data = await self._read_upload(file, self.args.max_video_bytes)
+        clip = self.decoder.decode.remote(data, fps, max_frames)
+        clip = self.deduper.dedup.remote(clip)
+        clip = self.encoder.embed_clip.remote(clip)
+        try:
+            body = await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion)
+        except Exception as e:
+            raise to_api_error(e) from None
+        body["took_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
+        return body

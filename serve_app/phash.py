@@ -54,3 +54,13 @@ def hamming_distances(query: int, hashes: np.ndarray) -> np.ndarray:
 def match_percent(distance: int) -> float:
     """``100 · (1 − d / 64)``: the share of equal bits, in percent."""
     return 100.0 * (1.0 - distance / HASH_BITS)
+
+
+def to_bytes(h: int) -> bytes:
+    """The 64 bits packed big-endian into 8 bytes (bit 63 first), the layout of binary k-NN vectors."""
+    return to_unsigned(h).to_bytes(8, "big")
+
+
+def pack_bits(hashes: np.ndarray) -> np.ndarray:
+    """int64 ``(N,)`` hashes → uint8 ``(N, 8)`` packed bits, big-endian (see :func:`to_bytes`)."""
+    return np.asarray(hashes, dtype=np.int64).astype(">i8").view(np.uint8).reshape(-1, 8)

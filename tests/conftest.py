@@ -37,10 +37,20 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def embedder(tiny_model):
+def served_model(tmp_path_factory) -> str:
+    """Random-weight ViT-B/32: the tiny model's embeddings are too alike for a product filling a video frame
+    after H.264 to find itself; the base size does (DESIGN.md: top-1 95 %, top-5 always)."""
+    from serve_app.random_clip import make_random_clip
+
+    return str(make_random_clip(tmp_path_factory.mktemp("models") / "clip-base", "base"))
+
+
+@pytest.fixture(scope="session")
+def embedder(served_model):
+    """The model the catalog is ingested and served with, loaded in the test process."""
     from serve_app.embedding import load_clip
 
-    return load_clip(tiny_model)
+    return load_clip(served_model)
 
 
 @pytest.fixture(scope="session")
@@ -88,12 +98,12 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
-def ingested(ray_session, catalog, tiny_model, tmp_path_factory):
+def ingested(ray_session, catalog, served_model, tmp_path_factory):
     """Runs the real Ray Data ingestion once; returns ``(index_uri, report)``."""
     from batch_jobs.pipeline import IngestOptions, ingest
 
     index = str(tmp_path_factory.mktemp("index") / "lancedb")
-    report = ingest(str(catalog), index, IngestOptions(model=tiny_model, batch_size=8, fetch_timeout_s=2.0))
+    report = ingest(str(catalog), index, IngestOptions(model=served_model, batch_size=8, fetch_timeout_s=2.0))
     return index, report
 
 
@@ -139,7 +149,7 @@ def image_host(sample_rows):
 
 
 @pytest.fixture(scope="session")
-def service(ingested, tiny_model, image_host) -> str:
+def service(ingested, served_model, image_host) -> str:
     """The real Ray Serve app over HTTP on a free port; returns its base URL."""
     from ray import serve
 
@@ -148,9 +158,9 @@ def service(ingested, tiny_model, image_host) -> str:
     index, _ = ingested
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"model": tiny_model, "index": index, "max_upload_bytes": 1024 * 1024,
+    app = build_app({"model": served_model, "index": index, "max_upload_bytes": 1024 * 1024,
                      "image_url_timeout_s": 1.0, "image_url_max_bytes": 1024 * 1024,
-                     "image_url_allow_networks": ["127.0.0.2/32"]})
+                     "image_url_allow_networks": ["127.0.0.2/32"], "max_video_bytes": 9 * 1024 * 1024})
     serve.run(app, name="visual_search", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     assert httpx.get(base + "/healthz", timeout=30).status_code == 200

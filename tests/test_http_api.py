@@ -1,6 +1,6 @@
 """The public HTTP contract, through the real Ray Serve app on the tiny random-weight model.
 
-Random weights: only identical / near-identical pixels retrieve each other, so the checks are self-retrieval
+Random weights (ViT-B/32 shapes): only identical / near-identical pixels retrieve each other, so the checks are self-retrieval
 and agreement with an exact NumPy k-NN over the stored embeddings — never semantic quality.
 """
 
@@ -24,11 +24,11 @@ def _exact_knn(index_uri: str, query: np.ndarray, k: int) -> tuple[list[str], np
     return [ids[i] for i in order], scores[order]
 
 
-def test_healthz_reports_model_index_and_random_weights(http, ingested, tiny_model):
+def test_healthz_reports_model_index_and_random_weights(http, ingested, served_model):
     body = http.get("/healthz").json()
     assert body["status"] == "ok"
     assert body["products"] == ingested[1].products_in_index
-    assert body["model_id"] == tiny_model
+    assert body["model_id"] == served_model
     assert body["model_weights"] == "random"
 
 

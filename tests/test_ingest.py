@@ -1,4 +1,4 @@
-"""The real Ray Data ingestion on ~60 Tux Paint images with the tiny random-weight model."""
+"""The real Ray Data ingestion on ~60 Tux Paint images with random-weight CLIP models."""
 
 import json
 from pathlib import Path
@@ -47,22 +47,22 @@ def test_stored_vectors_and_hashes_equal_a_direct_computation(ingested, embedder
     np.testing.assert_allclose(norms, 1.0, atol=1e-5)
 
 
-def test_embeddings_parquet_is_written_for_every_indexed_product(ingested, sample_rows):
+def test_embeddings_parquet_is_written_for_every_indexed_product(ingested, sample_rows, embedder):
     _, report = ingested
     files = sorted(Path(report.embeddings).glob("*.parquet"))
     assert files
     table = pq.read_table(files)
     assert sorted(table.column("product_id").to_pylist()) == sorted(r["product_id"] for r in sample_rows)
-    assert table.schema.field("vector").type.list_size == 64
+    assert table.schema.field("vector").type.list_size == embedder.dim
 
 
-def test_reingesting_the_same_catalog_is_idempotent(ingested, catalog, tiny_model, tmp_path):
+def test_reingesting_the_same_catalog_is_idempotent(ingested, catalog, served_model, tmp_path):
     from batch_jobs.pipeline import IngestOptions, ingest
     from serve_app.index import open_index
 
     index, first = ingested
     before = open_index(index).get(["bad-missing-file"])
-    second = ingest(str(catalog), index, IngestOptions(model=tiny_model, batch_size=8, fetch_timeout_s=2.0),
+    second = ingest(str(catalog), index, IngestOptions(model=served_model, batch_size=8, fetch_timeout_s=2.0),
                     report=str(tmp_path / "report.json"), embeddings=str(tmp_path / "emb"))
     assert second.products_in_index == first.products_in_index
     assert open_index(index).count() == first.products_in_index

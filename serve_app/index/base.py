@@ -21,6 +21,12 @@ class IndexOpenError(RuntimeError):
     """The index cannot be opened or used (missing, wrong dimension, wrong model)."""
 
 
+def stored_schema(dim: int) -> pa.Schema:
+    """What a backend stores: :func:`row_schema` plus ``phash_bits``, the pHash as 8 packed bytes
+    (``fixed_size_list<uint8>[8]``) for binary Hamming k-NN, derived from ``phash`` on upsert."""
+    return row_schema(dim).append(pa.field("phash_bits", pa.list_(pa.uint8(), 8)))
+
+
 def row_schema(dim: int) -> pa.Schema:
     """Arrow schema of the rows a backend accepts in :meth:`VectorIndex.upsert`.
 
@@ -46,6 +52,15 @@ class Hit:
 
     product_id: str
     score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HashHit:
+    """One Hamming k-NN result: ``distance`` in bits (0–64)."""
+
+    product_id: str
+    distance: int
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,6 +99,23 @@ class VectorIndex(abc.ABC):
         Returns:
             ``Q`` lists of at most ``k`` hits, best first; exactly ``k`` when ≥ ``k`` products match.
         """
+
+    @abc.abstractmethod
+    def hamming_search(self, hashes: list[int], k: int, max_distance: int = 64,
+                       filters: list[Clause] | None = None) -> list[list[HashHit]]:
+        """Exact k-NN by Hamming distance over the stored 64-bit pHashes.
+
+        Args:
+            hashes: query pHashes (signed int64 values, :mod:`serve_app.phash`).
+            k: results per query. max_distance: drop hits farther than this many bits.
+
+        Returns:
+            One list per query of at most ``k`` hits with ``distance ≤ max_distance``, closest first.
+        """
+
+    @abc.abstractmethod
+    def vectors(self, product_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored embeddings of the given products (float32 ``(D,)`` each); missing ids are left out."""
 
     @abc.abstractmethod
     def delete(self, product_ids: list[str]) -> int:

@@ -18,7 +18,9 @@ import pyarrow as pa
 
 from serve_app import storage
 from serve_app.filters import Clause, to_sql
-from serve_app.index.base import METADATA_FIELDS, Hit, IndexInfo, IndexOpenError, VectorIndex, row_schema
+from serve_app.index.base import (METADATA_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError, VectorIndex,
+                                  row_schema, stored_schema)
+from serve_app.phash import pack_bits
 
 TABLE = "products"
 INFO_FILE = "visual_search.json"
@@ -56,7 +58,7 @@ class LanceDBIndex(VectorIndex):
                     f"model {info.model_id!r} makes {info.dim}-dimensional ones; use a new --index folder")
             self.info = stored
         elif info is not None:
-            self._table = self._db.create_table(TABLE, schema=row_schema(info.dim), exist_ok=True)
+            self._table = self._db.create_table(TABLE, schema=stored_schema(info.dim), exist_ok=True)
             self.info = info
             self._write_info(info)
         else:
@@ -78,6 +80,9 @@ class LanceDBIndex(VectorIndex):
         if rows.num_rows == 0:
             return 0
         rows = rows.select(row_schema(self.info.dim).names).cast(row_schema(self.info.dim))
+        bits = pack_bits(rows.column("phash").to_numpy(zero_copy_only=False))
+        rows = rows.append_column(stored_schema(self.info.dim).field("phash_bits"),
+                                  pa.FixedSizeListArray.from_arrays(pa.array(bits.ravel(), pa.uint8()), 8))
         (self._table.merge_insert("product_id").when_matched_update_all().when_not_matched_insert_all()
          .execute(rows))
         return rows.num_rows
@@ -122,6 +127,39 @@ class LanceDBIndex(VectorIndex):
         for h in hits:
             h.sort(key=lambda hit: -hit.score)
         return hits
+
+    def hamming_search(self, hashes: list[int], k: int, max_distance: int = 64,
+                       filters: list[Clause] | None = None) -> list[list[HashHit]]:
+        """LanceDB flat search with ``distance_type("hamming")`` on ``phash_bits`` (exact)."""
+        if not hashes:
+            return []
+        bits = pack_bits(np.asarray(hashes, dtype=np.int64))
+        query = (self._table.search(list(bits) if len(bits) > 1 else bits[0], vector_column_name="phash_bits")
+                 .distance_type("hamming").limit(k).select(list(METADATA_FIELDS) + ["phash", "_distance"])
+                 .bypass_vector_index())
+        where = to_sql(filters or [])
+        if where:
+            query = query.where(where, prefilter=True)
+        table = query.to_arrow()
+        hits: list[list[HashHit]] = [[] for _ in hashes]
+        query_index = table.column("query_index").to_pylist() if "query_index" in table.column_names else None
+        for i, row in enumerate(table.to_pylist()):
+            distance = int(round(row.pop("_distance")))
+            if distance <= max_distance:
+                hits[query_index[i] if query_index else 0].append(
+                    HashHit(row["product_id"], distance, _metadata(row) | {"phash": row["phash"]}))
+        for h in hits:
+            h.sort(key=lambda hit: (hit.distance, hit.product_id))
+        return hits
+
+    def vectors(self, product_ids: list[str]) -> dict[str, np.ndarray]:
+        if not product_ids:
+            return {}
+        ids = ", ".join("'" + p.replace("'", "''") + "'" for p in product_ids)
+        table = (self._table.search().where(f"product_id IN ({ids})").select(["product_id", "vector"])
+                 .limit(len(product_ids)).to_arrow())
+        vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
+        return dict(zip(table.column("product_id").to_pylist(), vectors.astype(np.float32)))
 
     def delete(self, product_ids: list[str]) -> int:
         if not product_ids:

@@ -1,0 +1,66 @@
+"""Fuse per-frame k-NN results of a video into one product ranking (no Ray import).
+
+Two methods, chosen per request with ``fusion``:
+
+- ``max`` (default): a product's score is its best frame's cosine similarity, ``s(p) = max_f cos(q_f, p)``.
+  Ties are broken by the number of distinct frames that retrieved the product, then by the mean of its
+  frame scores — so a product seen in several frames ranks above one seen once at the same best score.
+- ``rrf``: reciprocal-rank fusion, ``s(p) = Σ_f 1 / (k_rrf + rank_f(p))`` with 1-based ranks and
+  ``k_rrf = 60`` (Cormack, Clarke & Büttcher 2009, "Reciprocal Rank Fusion outperforms Condorcet and
+  individual Rank Learning Methods", SIGIR). Frames where a product is absent contribute nothing, so
+  products seen in more frames rank higher by construction. It suits a clip of one product seen from many
+  angles; for a haul of several products shown one after another, ``max`` keeps each product's best shot.
+
+Each fused result keeps ``best_score`` (the best cosine) and the frames that matched it (``t``, ``score``).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+FUSIONS = ("max", "rrf")
+RRF_K = 60
+
+
+def fuse(per_frame: Sequence[Sequence[dict[str, Any]]], times: Sequence[float], k: int, method: str = "max",
+         rrf_k: int = RRF_K) -> list[dict[str, Any]]:
+    """Fuse per-frame result lists.
+
+    Args:
+        per_frame: for each kept frame, its k-NN results (dicts with ``product_id`` and cosine ``score``),
+            best first.
+        times: the frame times in seconds, aligned with ``per_frame``.
+        k: number of products to return.
+        method: ``"max"`` or ``"rrf"``.
+
+    Returns:
+        Up to ``k`` product dicts, best first, each with ``score`` (fused), ``best_score``, ``frames``
+        (``[{"t": seconds, "score": cosine}]`` in time order) and the product metadata.
+
+    Raises:
+        ValueError: unknown method, or ``per_frame`` and ``times`` of different lengths.
+    """
+    if method not in FUSIONS:
+        raise ValueError(f"fusion must be one of {FUSIONS}, got {method!r}")
+    if len(per_frame) != len(times):
+        raise ValueError(f"{len(per_frame)} result lists for {len(times)} frame times")
+    products: dict[str, dict[str, Any]] = {}
+    for results, t in zip(per_frame, times):
+        for rank, hit in enumerate(results, start=1):
+            entry = products.setdefault(hit["product_id"], {"meta": hit, "frames": [], "rrf": 0.0})
+            entry["frames"].append({"t": t, "score": hit["score"]})
+            entry["rrf"] += 1.0 / (rrf_k + rank)
+    fused = []
+    for product_id, entry in products.items():
+        scores = [f["score"] for f in entry["frames"]]
+        best = max(scores)
+        if method == "max":
+            key = (best, len(scores), sum(scores) / len(scores))
+            score = best
+        else:
+            key = (entry["rrf"], best)
+            score = entry["rrf"]
+        result = dict(entry["meta"]) | {"product_id": product_id, "score": round(score, 6), "best_score": best,
+                                        "frames": sorted(entry["frames"], key=lambda f: f["t"])}
+        fused.append((key, result))
+    fused.sort(key=lambda kr: kr[0], reverse=True)
+    return [r for _, r in fused[:k]]

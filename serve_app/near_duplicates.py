@@ -1,0 +1,78 @@
+"""Near-duplicate detection: pHash on the binary Hamming index, optionally confirmed by CLIP (no Ray import).
+
+Two modes:
+
+- ``phash``: exact Hamming k-NN over the stored 64-bit pHashes; a hit is a near-duplicate when its distance
+  is ≤ ``max_distance`` bits. ``match_percent = 100 · (1 − d / 64)``, the share of equal bits.
+- ``robust``: pHash misses crops and flips (a 20 % crop moves most bits), so candidates from the pHash index
+  **and** from CLIP image k-NN are merged. Every candidate gets both distances — Hamming from its stored
+  pHash, cosine from its stored embedding — and is kept when ``d ≤ max_distance`` (tier ``phash``) or
+  ``cos ≥ clip_min_score`` (tier ``clip``). Hits are ordered closest first: by Hamming distance, then by
+  cosine similarity.
+"""
+
+from typing import Any
+
+import numpy as np
+
+from serve_app.index.base import VectorIndex
+from serve_app.phash import hamming_distance, match_percent, to_hex
+
+MODES = ("phash", "robust")
+DEFAULT_MAX_DISTANCE = 10
+DEFAULT_CLIP_MIN_SCORE = 0.95
+
+
+def _result(meta: dict[str, Any], distance: int) -> dict[str, Any]:
+    out = {k: v for k, v in meta.items() if k != "phash"}
+    return out | {"hamming_distance": distance, "match_percent": round(match_percent(distance), 2),
+                  "phash": to_hex(meta["phash"])}
+
+
+def find_similar(index: VectorIndex, query_hash: int, top: int, max_distance: int = DEFAULT_MAX_DISTANCE,
+                 mode: str = "phash", query_vector: np.ndarray | None = None,
+                 clip_min_score: float = DEFAULT_CLIP_MIN_SCORE, exclude: str | None = None) -> list[dict[str, Any]]:
+    """Near-duplicates of one image in the catalog.
+
+    Args:
+        index: the catalog index.
+        query_hash: the query image's pHash (signed int64, :func:`serve_app.phash.phash64`).
+        top: at most this many hits.
+        max_distance: pHash tier threshold in bits (0–64).
+        mode: ``"phash"`` or ``"robust"`` (needs ``query_vector``).
+        query_vector: float32 ``(D,)`` L2-normalised CLIP embedding of the query (robust mode).
+        clip_min_score: CLIP tier threshold on cosine similarity.
+        exclude: a product id to leave out (the query product itself, in batch reports).
+
+    Returns:
+        Hits, closest first: product metadata plus ``hamming_distance`` (0–64), ``match_percent``,
+        ``phash`` (hex) and, in robust mode, ``cosine_similarity`` and ``tiers`` (which tiers matched).
+
+    Raises:
+        ValueError: unknown mode, ``max_distance`` outside 0–64, or robust mode without a query vector.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not 0 <= max_distance <= 64:
+        raise ValueError(f"max_distance must be in 0..64 bits, got {max_distance}")
+    extra = 1 if exclude else 0
+    hash_hits = index.hamming_search([query_hash], top + extra, max_distance)[0]
+    hits = {h.product_id: _result(h.metadata, h.distance) for h in hash_hits if h.product_id != exclude}
+    if mode == "phash":
+        return sorted(hits.values(), key=lambda r: (r["hamming_distance"], r["product_id"]))[:top]
+    if query_vector is None:
+        raise ValueError("robust mode needs the query's CLIP embedding")
+    clip_hits = index.search(np.asarray(query_vector, np.float32)[None, :], top + extra)[0]
+    new_ids = [h.product_id for h in clip_hits if h.product_id != exclude and h.product_id not in hits]
+    for stored in index.get(new_ids):
+        hits[stored["product_id"]] = _result(stored, hamming_distance(query_hash, stored["phash"]))
+    vectors = index.vectors(list(hits))
+    kept = []
+    for product_id, result in hits.items():
+        cosine = float(np.dot(vectors[product_id], query_vector)) if product_id in vectors else -1.0
+        tiers = (["phash"] if result["hamming_distance"] <= max_distance else []) + (
+            ["clip"] if cosine >= clip_min_score else [])
+        if tiers:
+            kept.append(result | {"cosine_similarity": round(cosine, 6), "tiers": tiers})
+    kept.sort(key=lambda r: (r["hamming_distance"], -r["cosine_similarity"], r["product_id"]))
+    return kept[:top]
