@@ -1,4 +1,4 @@
-"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, make-clip, demo.
+"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, make-clip, dedup-report, demo.
 
 Every command takes ``--help``. Model, index and precision come from ``--model``/``--index``/``--dtype``, else
 from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
@@ -51,8 +51,8 @@ def ingest_options(args) -> "IngestOptions":  # noqa: F821
         raise SystemExit(f"error: unknown keys {sorted(unknown)} in {args.config}; valid keys: {sorted(valid)}")
     config["model"] = args.model or os.environ.get("VS_MODEL") or config.get("model") or DEFAULT_MODEL
     config["dtype"] = args.dtype or os.environ.get("VS_DTYPE") or config.get("dtype") or "float32"
-    for key in ("batch_size", "embed_actors"):
-        if getattr(args, key, None):
+    for key in ("batch_size", "embed_actors", "flag_duplicates"):
+        if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
     return IngestOptions(**config)
 
@@ -84,6 +84,22 @@ def cmd_make_clip(args) -> int:
     return 0
 
 
+def cmd_dedup_report(args) -> int:
+    from batch_jobs.dedup_report import dedup_report, write_report
+    from serve_app.index import IndexOpenError
+
+    index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
+    try:
+        report = dedup_report(index, args.max_distance)
+    except IndexOpenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_report(report, args.out)
+    print(json.dumps({k: v for k, v in report.items() if k != "clusters"} | {"clusters": len(report["clusters"]),
+                                                                          "out": args.out}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m batch_jobs", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=str(DEFAULT_INGEST_CONFIG), help="ingestion config YAML")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--embed-actors", type=int, default=None, help="size of the CLIP actor pool")
+    p.add_argument("--flag-duplicates", type=int, default=None, metavar="BITS",
+                   help="list products within BITS pHash bits of an already indexed product in the report")
     p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
     p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
     p.set_defaults(func=cmd_ingest)
@@ -120,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.set_defaults(func=cmd_make_clip)
+
+    p = sub.add_parser("dedup-report", help="cluster the catalog into near-duplicate groups by pHash")
+    p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
+    p.add_argument("--out", required=True, help="report file: .json or .csv (local path or s3://)")
+    p.add_argument("--max-distance", type=int, default=10, help="Hamming threshold in bits (0-64)")
+    p.set_defaults(func=cmd_dedup_report)
 
     from batch_jobs.demo import add_demo_parser
 

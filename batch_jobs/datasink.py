@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from ray.data import Datasink
@@ -21,6 +22,7 @@ class SinkResult:
 
     written: int = 0
     failed: list[dict] = field(default_factory=list)
+    near_duplicates: list[dict] = field(default_factory=list)
 
 
 class IndexDatasink(Datasink[SinkResult]):
@@ -33,12 +35,14 @@ class IndexDatasink(Datasink[SinkResult]):
     """
 
     def __init__(self, index_uri: str, info: IndexInfo, embeddings_uri: str | None,
-                 index_options: dict | None = None, rows_per_write: int = 256):
+                 index_options: dict | None = None, rows_per_write: int = 256, flag_duplicates: int | None = None):
         self.index_uri, self.info, self.embeddings_uri = index_uri, info, embeddings_uri
         self.index_options = index_options or {}
         self.rows_per_write = rows_per_write
+        self.flag_duplicates = flag_duplicates
         self.written = 0
         self.failed: list[dict] = []
+        self.near_duplicates: list[dict] = []
 
     @property
     def min_rows_per_write(self) -> int:
@@ -58,6 +62,8 @@ class IndexDatasink(Datasink[SinkResult]):
                     result.failed.append({"product_id": columns["product_id"][i], "image": columns["image"][i],
                                           "reason": err})
             rows = to_index_rows(columns, self.info.dim)
+            if self.flag_duplicates is not None and rows.num_rows:
+                result.near_duplicates += _near_duplicates(index, rows, self.flag_duplicates)
             result.written += index.upsert(rows)
             if self.embeddings_uri and rows.num_rows:
                 self._write_parquet(rows)
@@ -73,4 +79,23 @@ class IndexDatasink(Datasink[SinkResult]):
         for r in write_result.write_returns:
             self.written += r.written
             self.failed.extend(r.failed)
+            self.near_duplicates.extend(r.near_duplicates)
         open_index(self.index_uri, info=self.info, **self.index_options).finish_bulk_load()
+
+
+def _near_duplicates(index, rows: pa.Table, max_distance: int) -> list[dict]:
+    """Products in ``rows`` within ``max_distance`` pHash bits of another product: one already in the index,
+    or an earlier row of the same block (both checked exactly)."""
+    ids = rows.column("product_id").to_pylist()
+    hashes = np.asarray(rows.column("phash").to_pylist(), dtype=np.int64)
+    hits = index.hamming_search(hashes.tolist(), 3, max_distance)
+    within = np.bitwise_count(np.bitwise_xor(hashes[:, None], hashes[None, :]).view(np.uint64))  # [n, n]
+    found = []
+    for i, (product_id, row_hits) in enumerate(zip(ids, hits)):
+        candidates = [(h.distance, h.product_id) for h in row_hits if h.product_id != product_id]
+        candidates += [(int(within[i, j]), ids[j]) for j in range(i) if within[i, j] <= max_distance
+                       and ids[j] != product_id]
+        if candidates:
+            distance, other = min(candidates)
+            found.append({"product_id": product_id, "duplicate_of": other, "hamming_distance": distance})
+    return found

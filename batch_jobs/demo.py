@@ -7,14 +7,9 @@ service then reports ``"model_weights": "random"`` on ``/healthz``.
 """
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy
 from serve_app.embedding import DEFAULT_MODEL, ModelLoadError, load_model_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,22 +37,6 @@ def resolve_demo_model(explicit: str | None) -> str:
     return str(RANDOM_BASE)
 
 
-def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 300) -> dict:
-    """Poll ``url`` until it answers 200; raises RuntimeError if the server exits or the time runs out."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve run exited with code {process.returncode}")
-        try:
-            response = httpx.get(url, timeout=2)
-            if response.status_code == 200:
-                return response.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise RuntimeError(f"{url} not healthy after {timeout_s} s")
-
-
 def cmd_demo(args) -> int:
     from batch_jobs.cli import cmd_ingest, cmd_sample_catalog
 
@@ -80,8 +59,7 @@ def cmd_demo(args) -> int:
     env = os.environ | {"VS_MODEL": model, "VS_INDEX": index, "RAY_AUTH_MODE": "disabled"}
     if args.dtype:
         env["VS_DTYPE"] = args.dtype
-    serve = subprocess.Popen([sys.executable, "-m", "ray.serve.scripts", "run", str(ROOT / "configs" / "serve.yaml")],
-                             env=env, cwd=ROOT)
+    serve = start_serve(ROOT / "configs" / "serve.yaml", env, ROOT)
     base = f"http://127.0.0.1:{args.port}"
     try:
         health = wait_healthy(base + "/healthz", serve)
@@ -96,12 +74,7 @@ def cmd_demo(args) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        if serve.poll() is None:
-            serve.send_signal(signal.SIGINT)
-            try:
-                serve.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                serve.kill()
+        stop_serve(serve)
 
 
 def add_demo_parser(sub) -> None:

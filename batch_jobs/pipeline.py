@@ -34,6 +34,7 @@ class IngestOptions:
     max_image_bytes: int = storage.DEFAULT_MAX_BYTES
     fetch_timeout_s: float = storage.DEFAULT_TIMEOUT_S
     ann_min_rows: int = 50_000
+    flag_duplicates: int | None = None  # report products within this many pHash bits of an indexed one
 
 
 @dataclass
@@ -52,9 +53,11 @@ class IngestReport:
     embeddings: str | None = None
     report: str | None = None
     bad_rows: list[dict] = field(default_factory=list)
+    near_duplicates: list[dict] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k != "bad_rows"}
+        out = {k: v for k, v in asdict(self).items() if k not in ("bad_rows", "near_duplicates")}
+        return out | {"near_duplicates_flagged": len(self.near_duplicates)}
 
 
 def init_ray() -> None:
@@ -116,7 +119,8 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         bad_rows=[b.to_dict() for b in bad])
     log.info("catalog %s: %d valid rows, %d invalid", catalog, len(products), len(bad))
 
-    sink = IndexDatasink(index, info, embeddings, index_options={"ann_min_rows": options.ann_min_rows})
+    sink = IndexDatasink(index, info, embeddings, index_options={"ann_min_rows": options.ann_min_rows},
+                         flag_duplicates=options.flag_duplicates)
     if products:
         rows = [p.model_dump() | {"attributes": json.dumps(p.attributes, sort_keys=True)} for p in products]
         blocks = max(1, min(len(rows) // options.batch_size, 200))
@@ -140,6 +144,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     result.indexed = sink.written
     result.bad_rows += sink.failed
     result.skipped = len(result.bad_rows)
+    result.near_duplicates = sink.near_duplicates
     from serve_app.index import open_index
 
     result.products_in_index = open_index(index).count()

@@ -11,7 +11,6 @@ reports), then 4 concurrent clients for throughput, and reads the Encoder's repl
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy  # noqa: E402
 from benchmarks.common import base_model, build_catalog, summary_ms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,19 +68,12 @@ def main() -> None:
     data = clip.read_bytes()
 
     env = os.environ | {"VS_MODEL": model, "VS_INDEX": str(Path(index).resolve()), "RAY_AUTH_MODE": "disabled"}
-    server = subprocess.Popen([sys.executable, "-m", "ray.serve.scripts", "run", str(ROOT / "configs" / "serve.yaml")],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_serve(ROOT / "configs" / "serve.yaml", env, ROOT, quiet=True)
     base = "http://127.0.0.1:8000"
     result = {"machine_cpus": os.cpu_count(), "model": "random base (ViT-B/32)", "clip": "10 s 640x360, 4 shots",
               "fps": 1.0}
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
+        wait_healthy(base + "/healthz", server)
         with httpx.Client(base_url=base, timeout=120) as client:
             def one() -> dict:
                 response = client.post("/search/video", files={"file": ("clip.mp4", data, "video/mp4")},
@@ -122,11 +115,10 @@ def main() -> None:
             result["concurrent_4_clients"] = summary_ms(done) | {"clips_per_s": round(len(done) / wall, 3)}
             result["encoder_replicas_peak"] = peak["replicas"]
             result["encoder_scaled_out"] = peak["replicas"] > 1
+        result["target_p50_ms"] = 700
+        print(json.dumps(result, indent=2), flush=True)
     finally:
-        server.send_signal(signal.SIGINT)  # `serve run` shuts Serve and its Ray down on Ctrl-C
-        server.wait(timeout=60)
-    result["target_p50_ms"] = 700
-    print(json.dumps(result, indent=2))
+        stop_serve(server)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ class AppArgs(BaseModel):
     max_video_duration_s: float = Field(120.0, gt=0, description="longer clips get 422")
     max_video_frames: int = Field(64, ge=1, le=1000, description="clips sampling more frames get 422")
     max_video_fps: float = Field(10.0, gt=0, le=60)
+    dedup_max_distance: int = Field(10, ge=0, le=64, description="default find_similar pHash threshold, bits")
+    dedup_clip_min_score: float = Field(0.95, ge=-1, le=1, description="robust mode's CLIP cosine threshold")
     ann_nprobes: int = Field(20, ge=1)
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)

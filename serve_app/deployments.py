@@ -19,6 +19,8 @@ from ray import serve
 from serve_app.embedding import load_clip
 from serve_app.filters import parse_filters
 from serve_app.fusion import fuse
+from serve_app.near_duplicates import find_similar
+from serve_app.phash import phash64, to_hex
 from serve_app.images import decode_image
 from serve_app.index import open_index
 
@@ -132,6 +134,23 @@ class Retriever:
         clauses = parse_filters(filters)
         hits = await asyncio.to_thread(self.index.search, vectors, k, clauses)
         return [[h.metadata | {"product_id": h.product_id, "score": round(h.score, 6)} for h in row] for row in hits]
+
+    def _find_similar(self, data: bytes, top: int, max_distance: int, mode: str, vector: np.ndarray | None,
+                      clip_min_score: float) -> dict[str, Any]:
+        image = decode_image(data)
+        query_hash = phash64(image)
+        results = find_similar(self.index, query_hash, top, max_distance, mode,
+                               None if vector is None else np.asarray(vector).reshape(-1), clip_min_score)
+        return {"results": results, "query_phash": to_hex(query_hash), "mode": mode, "max_distance": max_distance}
+
+    async def find_similar(self, data: bytes, top: int, max_distance: int, mode: str = "phash",
+                           vector: np.ndarray | None = None, clip_min_score: float = 0.95) -> dict[str, Any]:
+        """Near-duplicates of an uploaded image (decode and pHash here: a few ms, saves a hop).
+
+        Raises:
+            ImageDecodeError: not a decodable image.
+        """
+        return await asyncio.to_thread(self._find_similar, data, top, max_distance, mode, vector, clip_min_score)
 
     async def search_clip(self, clip: dict[str, Any], k: int, filters: dict | None = None,
                           fusion: str = "max") -> dict[str, Any]:

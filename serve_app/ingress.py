@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
@@ -161,6 +161,42 @@ class Ingress:
         vector = self.encoder.embed_image.remote(data)
         results = await self._search(vector, k, parsed_filters)
         return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+
+    async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str) -> dict:
+        started = time.perf_counter()
+        max_distance = self.args.dedup_max_distance if max_distance is None else max_distance
+        vector = self.encoder.embed_image.remote(data) if mode == "robust" else None
+        try:
+            body = await self.retriever.find_similar.remote(data, top, max_distance, mode, vector,
+                                                            self.args.dedup_clip_min_score)
+        except Exception as e:
+            raise to_api_error(e) from None
+        if mode == "robust":
+            body["clip_min_score"] = self.args.dedup_clip_min_score
+        return body | {"top": top, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+
+    @app.get("/find_similar")
+    async def find_similar_url(self, image_url: str, top: int = Query(10, ge=1, le=MAX_K),
+                               max_distance: int | None = Query(None, ge=0, le=64),
+                               mode: str = Query("phash", pattern="^(phash|robust)$")):
+        """Near-duplicate listings of the image at ``image_url`` (same SSRF and size rules as image search):
+        per hit ``hamming_distance`` (0–64 bits) and ``match_percent`` = 100·(1 − d/64), closest first."""
+        try:
+            data = await fetch_image_url(image_url, self.args.image_url_max_bytes, self.args.image_url_timeout_s,
+                                         self.args.image_url_allow_networks)
+        except Exception as e:
+            raise to_api_error(e) from None
+        return await self._find_similar(data, top, max_distance, mode)
+
+    @app.post("/find_similar")
+    async def find_similar_upload(self, request: Request, file: UploadFile = File(...),
+                                  top: int = Form(10, ge=1, le=MAX_K),
+                                  max_distance: int | None = Form(None, ge=0, le=64),
+                                  mode: str = Form("phash", pattern="^(phash|robust)$")):
+        """Near-duplicate listings of an uploaded image (``mode=robust`` adds CLIP image k-NN candidates)."""
+        self._check_size(request, self.args.max_upload_bytes)
+        data = await self._read_upload(file, self.args.max_upload_bytes)
+        return await self._find_similar(data, top, max_distance, mode)
 
     @app.post("/search/video")
     async def search_video(self, request: Request, file: UploadFile = File(..., description="video clip"),

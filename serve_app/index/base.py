@@ -118,6 +118,10 @@ class VectorIndex(abc.ABC):
         """Stored embeddings of the given products (float32 ``(D,)`` each); missing ids are left out."""
 
     @abc.abstractmethod
+    def hashes(self) -> tuple[list[str], np.ndarray]:
+        """Every stored ``(product_id, phash)``: ids and an int64 ``(N,)`` array (for batch dedup reports)."""
+
+    @abc.abstractmethod
     def delete(self, product_ids: list[str]) -> int:
         """Delete products by id; returns how many were deleted."""
 

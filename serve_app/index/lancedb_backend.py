@@ -161,6 +161,14 @@ class LanceDBIndex(VectorIndex):
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return dict(zip(table.column("product_id").to_pylist(), vectors.astype(np.float32)))
 
+    def _scan(self, columns: list[str]) -> pa.Table:
+        """Every row, only ``columns`` read (LanceDB is columnar)."""
+        return self._table.search().select(columns).limit(max(1, self.count())).to_arrow()
+
+    def hashes(self) -> tuple[list[str], np.ndarray]:
+        table = self._scan(["product_id", "phash"])
+        return table.column("product_id").to_pylist(), table.column("phash").to_numpy().astype(np.int64)
+
     def delete(self, product_ids: list[str]) -> int:
         if not product_ids:
             return 0
@@ -179,7 +187,7 @@ class LanceDBIndex(VectorIndex):
 
     def all_vectors(self) -> tuple[list[str], np.ndarray]:
         """Every ``(product_id, vector)`` — for evaluation against an exact NumPy search."""
-        table = self._table.to_arrow().select(["product_id", "vector"])
+        table = self._scan(["product_id", "vector"])
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return table.column("product_id").to_pylist(), vectors.astype(np.float32)
 
