@@ -7,6 +7,8 @@ service then reports ``"model_weights": "random"`` on ``/healthz``.
 """
 
 import os
+import signal
+import sys
 from pathlib import Path
 
 from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy
@@ -60,6 +62,7 @@ def cmd_demo(args) -> int:
     if args.dtype:
         env["VS_DTYPE"] = args.dtype
     serve = start_serve(ROOT / "configs" / "serve.yaml", env, ROOT)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop `serve run` (finally) on SIGTERM too
     base = f"http://127.0.0.1:{args.port}"
     try:
         health = wait_healthy(base + "/healthz", serve)

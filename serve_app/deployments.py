@@ -136,21 +136,24 @@ class Retriever:
         return [[h.metadata | {"product_id": h.product_id, "score": round(h.score, 6)} for h in row] for row in hits]
 
     def _find_similar(self, data: bytes, top: int, max_distance: int, mode: str, vector: np.ndarray | None,
-                      clip_min_score: float) -> dict[str, Any]:
+                      thresholds: dict[str, float]) -> dict[str, Any]:
         image = decode_image(data)
         query_hash = phash64(image)
         results = find_similar(self.index, query_hash, top, max_distance, mode,
-                               None if vector is None else np.asarray(vector).reshape(-1), clip_min_score)
+                               None if vector is None else np.asarray(vector).reshape(-1), **thresholds)
         return {"results": results, "query_phash": to_hex(query_hash), "mode": mode, "max_distance": max_distance}
 
     async def find_similar(self, data: bytes, top: int, max_distance: int, mode: str = "phash",
-                           vector: np.ndarray | None = None, clip_min_score: float = 0.95) -> dict[str, Any]:
+                           vector: np.ndarray | None = None, thresholds: dict[str, float] | None = None
+                           ) -> dict[str, Any]:
         """Near-duplicates of an uploaded image (decode and pHash here: a few ms, saves a hop).
+
+        ``thresholds``: ``clip_min_score`` and ``confirm_min_score`` for robust mode.
 
         Raises:
             ImageDecodeError: not a decodable image.
         """
-        return await asyncio.to_thread(self._find_similar, data, top, max_distance, mode, vector, clip_min_score)
+        return await asyncio.to_thread(self._find_similar, data, top, max_distance, mode, vector, thresholds or {})
 
     async def search_clip(self, clip: dict[str, Any], k: int, filters: dict | None = None,
                           fusion: str = "max") -> dict[str, Any]:

@@ -6,6 +6,7 @@ Encoder's ``DeploymentResponse`` straight to the Retriever and awaits only the R
 """
 # No `from __future__ import annotations` here: FastAPI must see real types to recognise UploadFile.
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -120,15 +121,14 @@ class Ingress:
     @app.get("/healthz")
     async def healthz(self):
         """200 when the model and index are loaded: product count, model id, weights kind."""
-        encoder, index = await self.encoder.info.remote(), await self.retriever.info.remote()
+        encoder, index = await asyncio.gather(self.encoder.info.remote(), self.retriever.info.remote())
         body = {"status": "ok", "products": index["products"], "model_id": encoder["model_id"],
                 "model_weights": encoder["weights"], "dtype": encoder["dtype"], "dim": encoder["dim"],
                 "index": index["index"], "index_model_id": index["model_id"]}
         if encoder["dim"] != index["dim"]:
-            body["status"] = "error"
-            body["message"] = (f"index holds {index['dim']}-d embeddings from {index['model_id']!r} but the model "
-                               f"makes {encoder['dim']}-d ones: re-ingest with this model")
-            return error_response(503, "model_index_mismatch", body["message"])
+            return error_response(503, "model_index_mismatch",
+                                  f"index holds {index['dim']}-d embeddings from {index['model_id']!r} but the model "
+                                  f"makes {encoder['dim']}-d ones: re-ingest with this model")
         return body
 
     @app.post("/search/text")
@@ -166,13 +166,14 @@ class Ingress:
         started = time.perf_counter()
         max_distance = self.args.dedup_max_distance if max_distance is None else max_distance
         vector = self.encoder.embed_image.remote(data) if mode == "robust" else None
+        thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
+                      "confirm_min_score": self.args.dedup_confirm_min_score}
         try:
-            body = await self.retriever.find_similar.remote(data, top, max_distance, mode, vector,
-                                                            self.args.dedup_clip_min_score)
+            body = await self.retriever.find_similar.remote(data, top, max_distance, mode, vector, thresholds)
         except Exception as e:
             raise to_api_error(e) from None
         if mode == "robust":
-            body["clip_min_score"] = self.args.dedup_clip_min_score
+            body |= thresholds
         return body | {"top": top, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
 
     @app.get("/find_similar")

@@ -4,11 +4,14 @@ Two modes:
 
 - ``phash``: exact Hamming k-NN over the stored 64-bit pHashes; a hit is a near-duplicate when its distance
   is ≤ ``max_distance`` bits. ``match_percent = 100 · (1 − d / 64)``, the share of equal bits.
-- ``robust``: pHash misses crops and flips (a 20 % crop moves most bits), so candidates from the pHash index
-  **and** from CLIP image k-NN are merged. Every candidate gets both distances — Hamming from its stored
-  pHash, cosine from its stored embedding — and is kept when ``d ≤ max_distance`` (tier ``phash``) or
-  ``cos ≥ clip_min_score`` (tier ``clip``). Hits are ordered closest first: by Hamming distance, then by
-  cosine similarity.
+- ``robust``: pHash then CLIP to confirm. pHash misses crops and flips (a 20 % crop moves most bits) and,
+  at a loose threshold, also matches distinct products, so candidates from the pHash index (within
+  ``max_distance``) **and** from CLIP image k-NN are merged, and every candidate gets both distances —
+  Hamming from its stored pHash, cosine from its stored embedding. A candidate is kept when pHash finds it
+  and CLIP confirms it (``d ≤ max_distance`` and ``cos ≥ confirm_min_score``: tiers ``phash`` + ``clip``),
+  or when CLIP alone is sure (``cos ≥ clip_min_score``: tier ``clip``). Hits are ordered closest first: by
+  Hamming distance, then by cosine similarity. The CLIP thresholds depend on the model's weights and are
+  configuration (``benchmarks/dedup_eval.py`` measures them).
 """
 
 from typing import Any
@@ -20,7 +23,8 @@ from serve_app.phash import hamming_distance, match_percent, to_hex
 
 MODES = ("phash", "robust")
 DEFAULT_MAX_DISTANCE = 10
-DEFAULT_CLIP_MIN_SCORE = 0.95
+DEFAULT_CONFIRM_MIN_SCORE = 0.9
+DEFAULT_CLIP_MIN_SCORE = 0.97
 
 
 def _result(meta: dict[str, Any], distance: int) -> dict[str, Any]:
@@ -31,7 +35,8 @@ def _result(meta: dict[str, Any], distance: int) -> dict[str, Any]:
 
 def find_similar(index: VectorIndex, query_hash: int, top: int, max_distance: int = DEFAULT_MAX_DISTANCE,
                  mode: str = "phash", query_vector: np.ndarray | None = None,
-                 clip_min_score: float = DEFAULT_CLIP_MIN_SCORE, exclude: str | None = None) -> list[dict[str, Any]]:
+                 clip_min_score: float = DEFAULT_CLIP_MIN_SCORE, confirm_min_score: float = DEFAULT_CONFIRM_MIN_SCORE,
+                 exclude: str | None = None) -> list[dict[str, Any]]:
     """Near-duplicates of one image in the catalog.
 
     Args:
@@ -41,7 +46,8 @@ def find_similar(index: VectorIndex, query_hash: int, top: int, max_distance: in
         max_distance: pHash tier threshold in bits (0–64).
         mode: ``"phash"`` or ``"robust"`` (needs ``query_vector``).
         query_vector: float32 ``(D,)`` L2-normalised CLIP embedding of the query (robust mode).
-        clip_min_score: CLIP tier threshold on cosine similarity.
+        clip_min_score: cosine at which CLIP alone marks a near-duplicate (robust mode).
+        confirm_min_score: cosine with which CLIP confirms a pHash candidate (robust mode).
         exclude: a product id to leave out (the query product itself, in batch reports).
 
     Returns:
@@ -70,8 +76,13 @@ def find_similar(index: VectorIndex, query_hash: int, top: int, max_distance: in
     kept = []
     for product_id, result in hits.items():
         cosine = float(np.dot(vectors[product_id], query_vector)) if product_id in vectors else -1.0
-        tiers = (["phash"] if result["hamming_distance"] <= max_distance else []) + (
-            ["clip"] if cosine >= clip_min_score else [])
+        phash_ok = result["hamming_distance"] <= max_distance
+        if phash_ok and cosine >= confirm_min_score:
+            tiers = ["phash", "clip"]
+        elif cosine >= clip_min_score:
+            tiers = ["clip"]
+        else:
+            tiers = []
         if tiers:
             kept.append(result | {"cosine_similarity": round(cosine, 6), "tiers": tiers})
     kept.sort(key=lambda r: (r["hamming_distance"], -r["cosine_similarity"], r["product_id"]))

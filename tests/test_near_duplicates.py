@@ -156,8 +156,11 @@ def test_find_similar_by_url_and_robust_mode_reports_both_distances(http, image_
     stored = dict(zip(ids, vectors))
     for r in robust["results"]:
         assert set(r["tiers"]) <= {"phash", "clip"} and r["tiers"]
-        assert ("phash" in r["tiers"]) == (r["hamming_distance"] <= robust["max_distance"])
-        assert ("clip" in r["tiers"]) == (r["cosine_similarity"] >= robust["clip_min_score"])
+        confirmed = r["hamming_distance"] <= robust["max_distance"] and \
+            r["cosine_similarity"] >= robust["confirm_min_score"]
+        assert ("phash" in r["tiers"]) == confirmed
+        assert r["tiers"] == (["phash", "clip"] if confirmed else ["clip"])
+        assert confirmed or r["cosine_similarity"] >= robust["clip_min_score"]
         assert r["cosine_similarity"] == pytest.approx(float(stored[r["product_id"]] @ query), abs=1e-4)
 
 
