@@ -15,7 +15,7 @@ from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy
 from serve_app.embedding import DEFAULT_MODEL, ModelLoadError, load_model_config
 
 ROOT = Path(__file__).resolve().parent.parent
-RANDOM_BASE = Path("./data/models/clip-random-base")
+RANDOM_BASE = Path("./data/models/clip-random-base").resolve()
 BANNER = "=" * 78
 
 
@@ -43,8 +43,8 @@ def cmd_demo(args) -> int:
     from batch_jobs.cli import cmd_ingest, cmd_sample_catalog
 
     model = resolve_demo_model(args.model or os.environ.get("VS_MODEL"))
-    index = args.index or os.environ.get("VS_INDEX") or "./data/index"
-    catalog = "./data/catalog.jsonl"
+    index = os.path.abspath(args.index or os.environ.get("VS_INDEX") or "./data/index")
+    catalog = os.path.abspath("./data/catalog.jsonl")
     if cmd_sample_catalog(type("A", (), {"out": catalog, "stamps_dir": "/usr/share/tuxpaint/stamps",
                                          "limit": args.limit})) != 0:
         return 2
@@ -72,7 +72,11 @@ def cmd_demo(args) -> int:
               f"  text search  : curl -s {base}/search/text -H 'content-type: application/json' "
               "-d '{\"query\": \"a red apple\", \"k\": 5}'\n"
               f"  image search : curl -s {base}/search/image -F file=@/usr/share/tuxpaint/stamps/food/fruit/"
-              "pineapple.png -F k=5\nPress Ctrl-C to stop.\n" + BANNER, flush=True)
+              "pineapple.png -F k=5\n"
+              f"  video search : python -m batch_jobs make-clip clip.mp4 IMAGE1 IMAGE2 && "
+              f"curl -s {base}/search/video -F file=@clip.mp4 -F k=5\n"
+              f"  duplicates   : curl -s {base}/find_similar -F file=@/usr/share/tuxpaint/stamps/food/fruit/"
+              "pineapple.png -F top=5\nPress Ctrl-C to stop.\n" + BANNER, flush=True)
         return serve.wait()
     except KeyboardInterrupt:
         return 0

@@ -84,7 +84,7 @@ def _load_hint(model: str, error: Exception) -> str:
         tried = f"the local folder {model!r}"
         fix = "check that it holds config.json, model.safetensors and the processor files of a CLIPModel"
     else:
-        tried = f"the Hugging Face hub id {model!r} (offline={os.environ.get('HF_HUB_OFFLINE', '0')})"
+        tried = f"the Hugging Face hub id {model!r}"
         fix = ("download it where the hub is reachable (huggingface-cli download " + model +
                ") and point VS_MODEL / --model at that local folder, or make a random-weight folder for "
                "tests with: python -m batch_jobs make-random-clip OUT --size base")
