@@ -92,7 +92,8 @@ def _numeric_clause(field: str, value: Any) -> Clause:
     return Clause(field, ranges=(("gte", number), ("lte", number)))
 
 
-def _sql_string(s: str) -> str:
+def sql_string(s: str) -> str:
+    """A SQL string literal: single quotes doubled."""
     return "'" + s.replace("'", "''") + "'"
 
 
@@ -101,7 +102,7 @@ def to_sql(clauses: list[Clause]) -> str | None:
     parts = []
     for c in clauses:
         if c.values:
-            parts.append(f"{c.field} IN ({', '.join(_sql_string(v) for v in c.values)})")
+            parts.append(f"{c.field} IN ({', '.join(sql_string(v) for v in c.values)})")
         for op, bound in c.ranges:
             parts.append(f"{c.field} {RANGE_OPS[op]} {bound!r}")
     return " AND ".join(parts) if parts else None

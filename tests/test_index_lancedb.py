@@ -103,3 +103,17 @@ def test_query_shape_is_checked(tmp_path):
     index = open_index(str(tmp_path), IndexInfo("m", DIM))
     with pytest.raises(ValueError, match="shape"):
         index.search(np.zeros((1, DIM + 1), np.float32), 5)
+
+
+def test_a_long_lived_reader_sees_a_later_ingestion(tmp_path, data, monkeypatch):
+    from serve_app.index import lancedb_backend
+
+    monkeypatch.setattr(lancedb_backend, "READ_CONSISTENCY_S", 0.0)  # serving re-checks every 10 s
+    vectors, queries = data
+    writer = open_index(str(tmp_path), IndexInfo("m", DIM))
+    writer.upsert(_rows(vectors[:100]))
+    reader = open_index(str(tmp_path))
+    assert reader.count() == 100
+    writer.upsert(_rows(vectors[100:300], start=100))
+    assert reader.count() == 300
+    assert reader.search(vectors[250:251], 1)[0][0].product_id == "p250"

@@ -11,18 +11,21 @@ applied before the k-NN search and k results come back whenever ≥ k rows match
 
 import json
 import math
+import time
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from serve_app import storage
-from serve_app.filters import Clause, to_sql
+from serve_app.filters import Clause, sql_string, to_sql
 from serve_app.index.base import (METADATA_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError, VectorIndex,
                                   row_schema, stored_schema)
 from serve_app.phash import pack_bits
 
 TABLE = "products"
+READ_CONSISTENCY_S = 10.0
 INFO_FILE = "visual_search.json"
 
 
@@ -48,7 +51,10 @@ class LanceDBIndex(VectorIndex):
         self.uri = uri
         self.ann_min_rows = ann_min_rows
         self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
-        self._db = lancedb.connect(uri)
+        # Re-check the table version at most every READ_CONSISTENCY_S, so a long-running Retriever sees
+        # re-ingestions (LanceDB's default never re-checks).
+        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=READ_CONSISTENCY_S))
+        self._ann_checked_at, self._ann = -1e9, False
         stored = self._read_info()
         if TABLE in self._db.table_names() and stored is not None:
             self._table = self._db.open_table(TABLE)
@@ -91,7 +97,11 @@ class LanceDBIndex(VectorIndex):
         return self._table.count_rows()
 
     def has_ann_index(self) -> bool:
-        return any(ix.columns == ["vector"] for ix in self._table.list_indices())
+        """Whether the ``vector`` column has an ANN index (re-checked at most every READ_CONSISTENCY_S)."""
+        if time.monotonic() - self._ann_checked_at > READ_CONSISTENCY_S:
+            self._ann = any(ix.columns == ["vector"] for ix in self._table.list_indices())
+            self._ann_checked_at = time.monotonic()
+        return self._ann
 
     def finish_bulk_load(self) -> None:
         """Compact the table's fragments and, from ``ann_min_rows`` rows, (re)build the IVF_HNSW_SQ index."""
@@ -102,6 +112,7 @@ class LanceDBIndex(VectorIndex):
             partitions = max(1, int(math.sqrt(rows)))
             self._table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ",
                                      num_partitions=partitions, replace=True)
+            self._ann_checked_at = -1e9
 
     def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
         vectors = np.asarray(vectors, dtype=np.float32)
@@ -155,8 +166,7 @@ class LanceDBIndex(VectorIndex):
     def vectors(self, product_ids: list[str]) -> dict[str, np.ndarray]:
         if not product_ids:
             return {}
-        ids = ", ".join("'" + p.replace("'", "''") + "'" for p in product_ids)
-        table = (self._table.search().where(f"product_id IN ({ids})").select(["product_id", "vector"])
+        table = (self._table.search().where(_ids_in(product_ids)).select(["product_id", "vector"])
                  .limit(len(product_ids)).to_arrow())
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return dict(zip(table.column("product_id").to_pylist(), vectors.astype(np.float32)))
@@ -173,15 +183,13 @@ class LanceDBIndex(VectorIndex):
         if not product_ids:
             return 0
         before = self.count()
-        ids = ", ".join("'" + p.replace("'", "''") + "'" for p in product_ids)
-        self._table.delete(f"product_id IN ({ids})")
+        self._table.delete(_ids_in(product_ids))
         return before - self.count()
 
     def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
         if not product_ids:
             return []
-        ids = ", ".join("'" + p.replace("'", "''") + "'" for p in product_ids)
-        rows = (self._table.search().where(f"product_id IN ({ids})").select(list(METADATA_FIELDS) + ["phash"])
+        rows = (self._table.search().where(_ids_in(product_ids)).select(list(METADATA_FIELDS) + ["phash"])
                 .limit(len(product_ids)).to_arrow().to_pylist())
         return [_metadata(r) | {"phash": r["phash"]} for r in rows]
 
@@ -190,6 +198,10 @@ class LanceDBIndex(VectorIndex):
         table = self._scan(["product_id", "vector"])
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return table.column("product_id").to_pylist(), vectors.astype(np.float32)
+
+
+def _ids_in(product_ids: list[str]) -> str:
+    return f"product_id IN ({', '.join(sql_string(p) for p in product_ids)})"
 
 
 def _metadata(row: dict[str, Any]) -> dict[str, Any]:
