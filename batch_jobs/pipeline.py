@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from serve_app import storage
 from serve_app.catalog import read_manifest
-from serve_app.index import IndexInfo
+from serve_app.index import IndexInfo, open_index
 
 log = logging.getLogger("visual_search.ingest")
 
@@ -137,16 +137,12 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
                             compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
         ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25})
     else:
-        from serve_app.index import open_index
-
         open_index(index, info=info)
 
     result.indexed = sink.written
     result.bad_rows += sink.failed
     result.skipped = len(result.bad_rows)
     result.near_duplicates = sink.near_duplicates
-    from serve_app.index import open_index
-
     result.products_in_index = open_index(index).count()
     result.seconds = round(time.perf_counter() - started, 3)
     result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0

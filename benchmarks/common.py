@@ -71,3 +71,24 @@ def summary_ms(samples_s: list[float]) -> dict:
     ms = [1000 * s for s in samples_s]
     return {"n": len(ms), "p50_ms": round(statistics.median(ms), 2), "p99_ms": round(percentile(ms, 99), 2),
             "mean_ms": round(statistics.fmean(ms), 2)}
+
+
+def served_catalog(workdir: Path, n_products: int, index: str | None = None, dtype: str = "float32"):
+    """The base random model, a catalog of ``n_products`` images and an index of it (ingested with Ray Data
+    when missing or smaller). Returns ``(model, rows, index, products)``; Ray is left running."""
+    from batch_jobs.pipeline import IngestOptions, ingest, init_ray
+    from serve_app.index import IndexOpenError, open_index
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = base_model(workdir)
+    manifest = build_catalog(workdir, n_products)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    index = index or str(workdir / f"index-query-{n_products}")
+    init_ray()
+    try:
+        products = open_index(index).count()
+    except IndexOpenError:
+        products = 0
+    if products < n_products:
+        products = ingest(str(manifest), index, IngestOptions(model=model, dtype=dtype)).products_in_index
+    return model, rows, index, products

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import base_model, build_catalog, summary_ms  # noqa: E402
+from benchmarks.common import served_catalog, summary_ms  # noqa: E402
 
 QUERIES = ["a red apple", "a green tractor", "a cat sleeping", "a blue winter coat", "a kitchen knife",
            "a bunch of flowers", "a toy car", "a pair of running shoes", "a birthday cake", "a wooden chair"]
@@ -55,23 +55,10 @@ def main() -> None:
     import httpx
     from ray import serve
 
-    from batch_jobs.pipeline import IngestOptions, ingest, init_ray
     from serve_app.app import build_app
-    from serve_app.index import open_index
 
-    workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    model = base_model(workdir)
-    manifest = build_catalog(workdir, args.n_products)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    index = args.index or str(workdir / f"index-query-{args.n_products}")
-    init_ray()
-    try:
-        products = open_index(index).count()
-    except Exception:
-        products = 0
-    if products < args.n_products:
-        products = ingest(str(manifest), index, IngestOptions(model=model, dtype=args.dtype)).products_in_index
+    model, rows, index, products = served_catalog(Path(args.workdir).resolve(), args.n_products, args.index,
+                                                  args.dtype)
 
     result = {"machine_cpus": os.cpu_count(), "model": "random base (ViT-B/32)", "dtype": args.dtype,
               "products": products, "requests": args.requests}

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy  # noqa: E402
-from benchmarks.common import base_model, build_catalog, summary_ms  # noqa: E402
+from benchmarks.common import served_catalog, summary_ms  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,20 +49,13 @@ def main() -> None:
 
     import httpx
 
+    import ray
+
     from batch_jobs.make_clip import make_clip
-    from batch_jobs.pipeline import IngestOptions, ingest
 
     workdir = Path(args.workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    model = base_model(workdir)
-    manifest = build_catalog(workdir, args.n_products)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    index = args.index or str(workdir / f"index-query-{args.n_products}")
-    if not (Path(index) / "visual_search.json").exists():
-        ingest(str(manifest), index, IngestOptions(model=model))
-        import ray
-
-        ray.shutdown()
+    model, rows, index, _ = served_catalog(workdir, args.n_products, args.index)
+    ray.shutdown()  # `serve run` starts its own Ray
     clip = workdir / "clip-10s.mp4"
     make_clip(clip, [r["image"] for r in rows[10:14]], 2.5)  # 4 shots × 2.5 s = 10 s at 640×360
     data = clip.read_bytes()
