@@ -100,6 +100,8 @@ class ClipEmbedder:
         dim: embedding dimension ``D`` (512 for ViT-B/32).
         dtype: ``"float32"`` or ``"bfloat16"`` (bf16 autocast around the forward; outputs stay float32).
         weights: ``"random"`` for a folder made by ``make-random-clip``, else ``"pretrained"``.
+        device: torch device the model runs on (``"cpu"`` or ``"cuda"``); inputs are moved there and
+            outputs come back to host memory as NumPy.
     """
 
     model: object
@@ -107,6 +109,7 @@ class ClipEmbedder:
     model_id: str
     dtype: str = "float32"
     weights: str = "pretrained"
+    device: str = "cpu"
 
     @property
     def dim(self) -> int:
@@ -116,7 +119,7 @@ class ClipEmbedder:
         import torch
 
         if self.dtype == "bfloat16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -159,9 +162,9 @@ class ClipEmbedder:
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
         with torch.inference_mode(), self._autocast():
-            pixel_values = torch.from_numpy(self.normalise_pixels(np.asarray(pixels)))  # [N, 3, H, W]
+            pixel_values = torch.from_numpy(self.normalise_pixels(np.asarray(pixels))).to(self.device)  # [N, 3, H, W]
             features = self.model.get_image_features(pixel_values=pixel_values).pooler_output  # [N, D]
-        return _l2_normalise(features.float().numpy())
+        return _l2_normalise(features.float().cpu().numpy())
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB PIL images: ``embed_pixels(preprocess(images))``; float32 ``(N, D)``, L2-normalised."""
@@ -184,10 +187,10 @@ class ClipEmbedder:
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text to embed must be a non-empty string, got {t!r}")
         tokens = self.processor.tokenizer(list(texts), padding=True, truncation=True, max_length=77,
-                                          return_tensors="pt")
+                                          return_tensors="pt").to(self.device)
         with torch.inference_mode(), self._autocast():
             features = self.model.get_text_features(**tokens).pooler_output  # [N, D]
-        return _l2_normalise(features.float().numpy())
+        return _l2_normalise(features.float().cpu().numpy())
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -195,18 +198,41 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def load_clip(model: str = DEFAULT_MODEL, dtype: str = "float32", num_threads: int | None = None) -> ClipEmbedder:
+def resolve_device(device: str | None = None) -> str:
+    """The torch device to run CLIP on: ``None``/``"auto"`` picks ``"cuda"`` when a GPU is visible to this
+    process (Ray sets ``CUDA_VISIBLE_DEVICES`` to the GPUs an actor asked for with ``num_gpus``, and hides
+    them from actors that asked for none), else ``"cpu"``.
+
+    Raises:
+        ValueError: ``device`` is neither auto, ``"cpu"`` nor a CUDA device, or CUDA was asked for and
+            no GPU is visible.
+    """
+    import torch
+
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA GPU in this process "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda})")
+    return device
+
+
+def load_clip(model: str = DEFAULT_MODEL, dtype: str = "float32", num_threads: int | None = None,
+              device: str | None = None) -> ClipEmbedder:
     """Load ``CLIPModel`` + ``CLIPProcessor`` from a hub id or a local folder; never falls back.
 
     Args:
         model: hub id (default ``openai/clip-vit-base-patch32``) or a folder in the same layout.
-        dtype: ``"float32"`` or ``"bfloat16"`` (CPU bf16 autocast around the forward pass).
+        dtype: ``"float32"`` or ``"bfloat16"`` (bf16 autocast around the forward pass, on CPU or GPU).
         num_threads: torch intra-op threads; ``None`` means every core this process may run on. Set
             explicitly because Ray starts workers with ``OMP_NUM_THREADS=1`` for fractional-CPU actors,
             which would run the forward pass on one core.
+        device: see :func:`resolve_device`; the default runs on the GPU when one is visible.
 
     Raises:
-        ValueError: unknown dtype.
+        ValueError: unknown dtype or device, or CUDA asked for without a GPU.
         ModelLoadError: the weights or processor could not be loaded; the message says what was tried
             and how to point at a local copy.
     """
@@ -215,6 +241,7 @@ def load_clip(model: str = DEFAULT_MODEL, dtype: str = "float32", num_threads: i
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    device = resolve_device(device)
     torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))
     processor = load_processor(model)
     try:
@@ -222,7 +249,8 @@ def load_clip(model: str = DEFAULT_MODEL, dtype: str = "float32", num_threads: i
     except Exception as e:
         raise ModelLoadError(_load_hint(model, e)) from e
     weights = weights_kind(model)
-    return ClipEmbedder(model=clip, processor=processor, model_id=model, dtype=dtype, weights=weights)
+    return ClipEmbedder(model=clip.to(device), processor=processor, model_id=model, dtype=dtype, weights=weights,
+                        device=device)
 
 
 def load_model_config(model: str, check_processor: bool = True):

@@ -95,3 +95,21 @@ def test_random_folder_tokenizer_is_the_real_clip_bpe(embedder):
     ids = embedder.processor.tokenizer("a red apple")["input_ids"]
     assert ids == [49406, 320, 736, 3055, 49407]  # ids of OpenAI's CLIP vocabulary
     assert embedder.weights == "random"
+
+
+def test_device_auto_is_cpu_without_a_gpu_and_cuda_without_one_is_a_clear_error(tiny_model):
+    import torch
+
+    from serve_app.embedding import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU behaviour cannot be checked here")
+    assert resolve_device(None) == resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        load_clip(tiny_model, device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu")
+    auto, cpu = load_clip(tiny_model), load_clip(tiny_model, device="cpu")
+    assert auto.device == "cpu" and next(auto.model.parameters()).device.type == "cpu"
+    np.testing.assert_array_equal(auto.embed_images(_images(2)), cpu.embed_images(_images(2)))
+    np.testing.assert_array_equal(auto.embed_texts(["a kettle"]), cpu.embed_texts(["a kettle"]))
