@@ -28,6 +28,7 @@ class IngestOptions:
     batch_size: int = 16
     embed_actors: int = 1
     embed_num_cpus: float = 0.5
+    embed_num_gpus: float = 0.0  # GPUs per CLIP actor (1 on a GPU node group); the actor then runs on CUDA
     embed_threads: int | None = None
     load_num_cpus: float = 0.25
     load_concurrency: int = 2
@@ -133,7 +134,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
                                                    "num_threads": options.embed_threads},
-                            num_cpus=options.embed_num_cpus,
+                            num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
                             compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
         ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25})
     else:
