@@ -51,7 +51,7 @@ def ingest_options(args) -> "IngestOptions":  # noqa: F821
         raise SystemExit(f"error: unknown keys {sorted(unknown)} in {args.config}; valid keys: {sorted(valid)}")
     config["model"] = args.model or os.environ.get("VS_MODEL") or config.get("model") or DEFAULT_MODEL
     config["dtype"] = args.dtype or os.environ.get("VS_DTYPE") or config.get("dtype") or "float32"
-    for key in ("batch_size", "embed_actors", "flag_duplicates"):
+    for key in ("batch_size", "embed_actors", "flag_duplicates", "mode", "keep_versions"):
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
     return IngestOptions(**config)
@@ -61,15 +61,19 @@ def cmd_ingest(args) -> int:
     from batch_jobs.pipeline import ingest
     from serve_app.catalog import ManifestError
     from serve_app.embedding import ModelLoadError
+    from serve_app.index import IndexOpenError
 
     options = ingest_options(args)
     index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
     try:
         report = ingest(args.catalog, index, options, report=args.report, embeddings=args.embeddings)
-    except (ManifestError, ModelLoadError) as e:
+    except (ManifestError, ModelLoadError, IndexOpenError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report.summary(), indent=2))
+    if not report.published:
+        print(f"nothing was indexed: {index} still serves its previous version", file=sys.stderr)
+        return 1
     if report.skipped:
         print(f"skipped {report.skipped} bad rows; reasons in {report.report}", file=sys.stderr)
     return 0
@@ -126,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-actors", type=int, default=None, help="size of the CLIP actor pool")
     p.add_argument("--flag-duplicates", type=int, default=None, metavar="BITS",
                    help="list products within BITS pHash bits of an already indexed product in the report")
+    p.add_argument("--mode", choices=["new-version", "upsert"], default=None,
+                   help="new-version (default): build a new index version, then switch the alias to it; "
+                        "upsert: add/replace products in the current version (same model only)")
+    p.add_argument("--keep-versions", type=int, default=None, help="index versions to keep after a switch (>= 2)")
     p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
     p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
     p.set_defaults(func=cmd_ingest)

@@ -65,6 +65,7 @@ class IndexDatasink(Datasink[SinkResult]):
             if self.flag_duplicates is not None and rows.num_rows:
                 result.near_duplicates += _near_duplicates(index, rows, self.flag_duplicates)
             result.written += index.upsert(rows)
+            result.failed += [f | {"image": None} for f in index.drain_failures()]
             if self.embeddings_uri and rows.num_rows:
                 self._write_parquet(rows)
         return result

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 
 from serve_app import storage
 from serve_app.catalog import read_manifest
-from serve_app.index import IndexInfo, open_index
+from serve_app.index import IndexInfo, create_version, is_opensearch, open_index
 
 log = logging.getLogger("visual_search.ingest")
 
@@ -36,6 +36,27 @@ class IngestOptions:
     fetch_timeout_s: float = storage.DEFAULT_TIMEOUT_S
     ann_min_rows: int = 50_000
     flag_duplicates: int | None = None  # report products within this many pHash bits of an indexed one
+    mode: str = "new-version"  # "new-version": build a new index version, then switch the alias; "upsert": in place
+    keep_versions: int = 2  # index versions kept after a switch (the new one and the one it replaced)
+    hnsw_m: int = 16  # OpenSearch faiss HNSW graph degree
+    hnsw_ef_construction: int = 128  # OpenSearch faiss HNSW build-time candidate list
+    hnsw_ef_search: int = 100  # OpenSearch faiss HNSW query-time candidate list (index setting)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.keep_versions < 2:
+            raise ValueError(f"keep_versions must be at least 2 (the new version and the previous one), got "
+                             f"{self.keep_versions}")
+
+    def index_options(self, uri: str) -> dict:
+        """Backend settings for index ``uri`` (HNSW parameters for OpenSearch, the ANN threshold for LanceDB)."""
+        if is_opensearch(uri):
+            return {"m": self.hnsw_m, "ef_construction": self.hnsw_ef_construction, "ef": self.hnsw_ef_search}
+        return {"ann_min_rows": self.ann_min_rows}
+
+
+MODES = ("new-version", "upsert")
 
 
 @dataclass
@@ -53,6 +74,10 @@ class IngestReport:
     images_per_s: float = 0.0
     embeddings: str | None = None
     report: str | None = None
+    mode: str = "new-version"
+    version: str | None = None
+    published: bool = False
+    dropped_versions: list[str] = field(default_factory=list)
     bad_rows: list[dict] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)
 
@@ -88,14 +113,21 @@ def model_info(model: str) -> IndexInfo:
 
 def ingest(catalog: str, index: str, options: IngestOptions, report: str | None = None,
            embeddings: str | None = None) -> IngestReport:
-    """Embed and index every product of ``catalog`` into ``index`` (upsert by ``product_id``).
+    """Embed and index every product of ``catalog`` into ``index``.
+
+    ``options.mode == "new-version"`` (default) writes a new physical index version and, when at least one
+    product was indexed, switches the alias ``index`` to it atomically (older versions beyond
+    ``keep_versions`` are dropped); searches keep using the previous version until then, and a failed run
+    drops its unpublished version. ``"upsert"`` writes into the current version in place (same model only).
 
     Args:
         catalog: manifest URI (JSON Lines or CSV; local, http(s) or s3).
-        index: index URI (LanceDB folder or s3:// prefix).
-        options: model, precision and parallelism.
-        report: where to write the JSON report (default ``<index>/ingest_report.json``).
-        embeddings: folder for the embeddings Parquet (default ``<index>/embeddings/run=<UTC time>``).
+        index: index URI (LanceDB folder or s3:// prefix, or an OpenSearch alias URL).
+        options: model, precision, parallelism, mode.
+        report: where to write the JSON report (default ``<index>/ingest_report.json`` for LanceDB,
+            ``./ingest_report.json`` for OpenSearch).
+        embeddings: folder for the embeddings Parquet (default ``<index>/embeddings/run=<UTC time>`` for
+            LanceDB; none for OpenSearch unless given).
 
     Returns:
         The report (also written to ``report``). Bad rows are skipped and listed, good rows always kept.
@@ -103,25 +135,83 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     Raises:
         ManifestError: the manifest cannot be read at all.
         ModelLoadError: the model cannot be loaded.
+        IndexOpenError: the index cannot be opened, or ``upsert`` mode with another model than the index's.
     """
     import ray
 
     from batch_jobs.datasink import IndexDatasink
-    from batch_jobs.stages import EmbedImages, load_images
 
     started = time.perf_counter()
     products, bad = read_manifest(catalog)
     info = model_info(options.model)
     init_ray()
     run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
-    report = report or f"{index.rstrip('/')}/ingest_report.json"
-    result = IngestReport(catalog=catalog, index=index, model=options.model, rows_in_manifest=len(products) + len(bad), embeddings=embeddings, report=report,
-        bad_rows=[b.to_dict() for b in bad])
+    remote_index = is_opensearch(index)
+    if not remote_index:
+        embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
+    report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
+    result = IngestReport(catalog=catalog, index=index, model=options.model,
+                          rows_in_manifest=len(products) + len(bad), embeddings=embeddings, report=report,
+                          mode=options.mode, bad_rows=[b.to_dict() for b in bad])
     log.info("catalog %s: %d valid rows, %d invalid", catalog, len(products), len(bad))
 
-    sink = IndexDatasink(index, info, embeddings, index_options={"ann_min_rows": options.ann_min_rows},
+    target = _target_version(index, info, options)
+    result.version = target.version
+    sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
                          flag_duplicates=options.flag_duplicates)
+    try:
+        _run_pipeline(ray, products, options, sink)
+    except BaseException:
+        if options.mode == "new-version":
+            target.drop()
+        raise
+    if options.mode == "new-version":
+        if sink.written:
+            result.dropped_versions = target.publish(keep=options.keep_versions)
+            result.published = True
+        else:
+            log.error("nothing was indexed; the alias %s still points at the previous version", index)
+            target.drop()
+    else:
+        result.published = True
+
+    result.indexed = sink.written
+    result.bad_rows += sink.failed
+    result.skipped = len(result.bad_rows)
+    result.near_duplicates = sink.near_duplicates
+    result.products_in_index = open_index(index).count() if result.published or _has_index(index) else 0
+    result.seconds = round(time.perf_counter() - started, 3)
+    result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
+    storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
+    return result
+
+
+def _has_index(uri: str) -> bool:
+    from serve_app.index import IndexOpenError
+
+    try:
+        open_index(uri)
+    except IndexOpenError:
+        return False
+    return True
+
+
+def _target_version(index: str, info: IndexInfo, options: IngestOptions):
+    """The physical version this run writes: a new one, or (upsert mode) the current one of the same model."""
+    from serve_app.index import IndexOpenError
+
+    if options.mode == "new-version":
+        return create_version(index, info, **options.index_options(index))
+    current = open_index(index, info=info, **options.index_options(index))
+    if current.info.model_id != info.model_id:
+        raise IndexOpenError(f"index {index} holds embeddings from {current.info.model_id!r}; upserting "
+                             f"{info.model_id!r} embeddings would mix two models: use --mode new-version")
+    return current
+
+
+def _run_pipeline(ray, products: list, options: IngestOptions, sink) -> None:
+    from batch_jobs.stages import EmbedImages, load_images
+
     if products:
         rows = [p.model_dump() | {"attributes": json.dumps(p.attributes, sort_keys=True)} for p in products]
         blocks = max(1, min(len(rows) // options.batch_size, 200))
@@ -137,15 +227,3 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
                             num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
                             compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
         ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25})
-    else:
-        open_index(index, info=info)
-
-    result.indexed = sink.written
-    result.bad_rows += sink.failed
-    result.skipped = len(result.bad_rows)
-    result.near_duplicates = sink.near_duplicates
-    result.products_in_index = open_index(index).count()
-    result.seconds = round(time.perf_counter() - started, 3)
-    result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
-    storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
-    return result

@@ -163,7 +163,10 @@ def write_bytes(uri: str, data: bytes) -> None:
     if kind == "file":
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
+        # Write then rename: readers see the old or the new object, never half of one (an S3 PUT is atomic too).
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
     elif kind == "s3":
         bucket, key = split_s3(uri)
         try:
