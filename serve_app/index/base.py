@@ -6,19 +6,40 @@ product embedding, identical across backends for the same data.
 """
 
 import abc
+import asyncio
+import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from serve_app.filters import Clause
+from serve_app.filters import KEYWORD_FIELDS, NUMERIC_FIELDS, Clause
 
 METADATA_FIELDS = ("product_id", "title", "category", "brand", "price", "image_url", "attributes")
+FACET_FIELDS = tuple(f for f in KEYWORD_FIELDS if f != "product_id")  # value counts in VectorIndex.facets
+RANGE_FIELDS = NUMERIC_FIELDS  # min/max in VectorIndex.facets
 
 
 class IndexOpenError(RuntimeError):
-    """The index cannot be opened or used (missing, wrong dimension, wrong model)."""
+    """The index cannot be opened or used (missing, wrong dimension, wrong model, refused credentials)."""
+
+
+def version_name(alias: str, model_id: str, number: int) -> str:
+    """Physical index name of one ingestion: ``<alias>-<model slug>-v<number>``, lower case (OpenSearch rule).
+
+    >>> version_name("products", "openai/clip-vit-base-patch32", 3)
+    'products-clip-vit-base-patch32-v3'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", PurePosixPath(model_id.rstrip("/")).name.lower()).strip("-")[:40]
+    return f"{alias}-{slug or 'model'}-v{number}"
+
+
+def version_number(name: str) -> int:
+    """The ``N`` of a :func:`version_name` (0 for a name without one)."""
+    match = re.search(r"-v(\d+)$", name)
+    return int(match.group(1)) if match else 0
 
 
 def stored_schema(dim: int) -> pa.Schema:
@@ -74,10 +95,16 @@ class IndexInfo:
 
 
 class VectorIndex(abc.ABC):
-    """A k-NN index of catalog products."""
+    """A k-NN index of catalog products.
+
+    ``uri`` names an **alias**; each ingestion writes a new physical index (``version``, see
+    :func:`version_name`) and :meth:`publish` switches the alias to it atomically, so search never sees a
+    half-built index or a mix of two models' embeddings.
+    """
 
     uri: str
     info: IndexInfo
+    version: str
 
     @abc.abstractmethod
     def upsert(self, rows: pa.Table) -> int:
@@ -129,5 +156,42 @@ class VectorIndex(abc.ABC):
     def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
         """Stored metadata (and ``phash``) of the given products, in the order found."""
 
+    @abc.abstractmethod
+    def facets(self) -> dict[str, Any]:
+        """Values and ranges of the filterable fields, for building filter controls.
+
+        Returns:
+            ``{"products": N, "facets": {field: [{"value": str, "count": int}, ...]}, "ranges": {field:
+            {"min": float, "max": float, "count": int}}}`` where ``facets`` has one list (possibly empty) per
+            field of :data:`FACET_FIELDS` (``category``, ``brand``), sorted by count descending then value,
+            and ``ranges`` one entry per field of :data:`RANGE_FIELDS` (``price``) that has any value, with
+            ``count`` = products that have a value.
+            Null and empty-string values are left out; a numeric field with no value at all is left out of
+            ``ranges``. (OpenSearch: a ``terms`` aggregation per keyword field and a ``stats`` aggregation
+            per numeric field, ``size: 0``.)
+        """
+
     def finish_bulk_load(self) -> None:  # noqa: B027 - optional hook
         """Called once after a bulk load: build ANN structures, compact, refresh."""
+
+    @abc.abstractmethod
+    def publish(self, keep: int = 2) -> list[str]:
+        """Point the alias at this handle's ``version`` in one atomic step; then drop versions beyond the
+        newest ``keep`` (never the new one or the one it replaced). Returns the dropped versions."""
+
+    @abc.abstractmethod
+    def drop(self) -> None:
+        """Delete this handle's physical version (an unpublished one after a failed ingestion).
+
+        Raises:
+            IndexOpenError: it is the version the alias points at.
+        """
+
+    def drain_failures(self) -> list[dict[str, Any]]:
+        """Rows the backend rejected since the last call (``product_id``, ``reason``); bulk loaders that report
+        per-item errors override this. Default: none (the write either succeeded or raised)."""
+        return []
+
+    async def asearch(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
+        """:meth:`search` for an event loop; backends with an async client override it (default: a thread)."""
+        return await asyncio.to_thread(self.search, vectors, k, filters)

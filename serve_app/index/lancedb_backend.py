@@ -1,7 +1,10 @@
 """Embedded k-NN index on LanceDB in a local folder or on S3 (no Ray import).
 
-One table, ``products`` (:func:`serve_app.index.base.row_schema`); ``visual_search.json`` beside it records
-the model id and embedding dimension. Search uses LanceDB's ``cosine`` distance ``d = 1 − cos``, so
+One table per ingestion (a *version*, ``products-<model>-v<N>``, :func:`serve_app.index.base.row_schema`);
+``visual_search.json`` beside them is the alias: which version is current, and each version's model id and
+embedding dimension. Publishing a version rewrites that small file atomically (rename locally, one PUT on
+S3), so readers switch from one complete table to the next; serving handles re-read it every
+``READ_CONSISTENCY_S``. Search uses LanceDB's ``cosine`` distance ``d = 1 − cos``, so
 ``score = 1 − d`` (LanceDB docs, "Vector search → distance metrics"). Below ``ann_min_rows`` the table has no
 vector index and LanceDB scans it exactly (flat search); after a bulk load that reaches the threshold an
 ``IVF_HNSW_SQ`` index is built and queried with ``nprobes``/``ef``/``refine_factor`` (re-ranking the
@@ -12,7 +15,7 @@ applied before the k-NN search and k results come back whenever ≥ k rows match
 import json
 import math
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -20,11 +23,12 @@ import pyarrow as pa
 
 from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
-from serve_app.index.base import (METADATA_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError, VectorIndex,
-                                  row_schema, stored_schema)
+from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
+                                  version_name, version_number,
+                                  IndexOpenError, VectorIndex, row_schema, stored_schema)
 from serve_app.phash import pack_bits
 
-TABLE = "products"
+TABLE = "products"  # the alias; physical tables are version_name(TABLE, model, N)
 READ_CONSISTENCY_S = 10.0
 INFO_FILE = "visual_search.json"
 
@@ -33,54 +37,104 @@ class LanceDBIndex(VectorIndex):
     """LanceDB backend.
 
     Args:
-        uri: folder path, ``file://`` or ``s3://`` URI of the LanceDB database.
-        info: model id and dimension; required to create a new index, checked against an existing one.
+        uri: folder path, ``file://`` or ``s3://`` URI of the LanceDB database (the alias).
+        info: model id and dimension. Opening an empty location with ``info`` creates and publishes a first
+            version (incremental ingestion); an existing index's dimension is checked against it.
+        version: open this physical version instead of following the alias (ingestion writers).
         ann_min_rows: build an ANN index in :meth:`finish_bulk_load` from this many rows (default 50,000).
         nprobes: IVF partitions probed per query (LanceDB default 20).
         ef: HNSW candidate list size per query.
         refine_factor: re-rank ``k × refine_factor`` candidates on full vectors.
 
     Raises:
-        IndexOpenError: no index at ``uri`` and no ``info``; or ``info.dim`` differs from the stored one.
+        IndexOpenError: no index at ``uri`` and no ``info``; an unknown ``version``; or ``info.dim`` differs
+            from the current version's.
     """
 
-    def __init__(self, uri: str, info: IndexInfo | None = None, ann_min_rows: int = 50_000,
-                 nprobes: int = 20, ef: int = 100, refine_factor: int = 5):
+    def __init__(self, uri: str, info: IndexInfo | None = None, version: str | None = None,
+                 ann_min_rows: int = 50_000, nprobes: int = 20, ef: int = 100, refine_factor: int = 5):
         import lancedb
 
         self.uri = uri
         self.ann_min_rows = ann_min_rows
         self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
+        self._follow_alias = version is None
         # Re-check the table version at most every READ_CONSISTENCY_S, so a long-running Retriever sees
         # re-ingestions (LanceDB's default never re-checks).
         self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=READ_CONSISTENCY_S))
         self._ann_checked_at, self._ann = -1e9, False
-        stored = self._read_info()
-        if TABLE in self._db.table_names() and stored is not None:
-            self._table = self._db.open_table(TABLE)
-            if info is not None and info.dim != stored.dim:
-                raise IndexOpenError(
-                    f"index {uri} holds {stored.dim}-dimensional embeddings from {stored.model_id!r}, but the "
-                    f"model {info.model_id!r} makes {info.dim}-dimensional ones; use a new --index folder")
-            self.info = stored
-        elif info is not None:
-            self._table = self._db.create_table(TABLE, schema=stored_schema(info.dim), exist_ok=True)
-            self.info = info
-            self._write_info(info)
-        else:
+        state = self._read_state()
+        if version is None and state["current"] is None and info is not None:
+            version = _new_version(self._db, uri, state, info)
+            self._open(version, info)
+            self.publish()
+            return
+        version = version or state["current"]
+        if version is None:
             raise IndexOpenError(f"no index at {uri}: run `python -m batch_jobs ingest --index {uri}` first")
+        if version not in state["versions"]:
+            raise IndexOpenError(f"index {uri} has no version {version!r}; it has {sorted(state['versions'])}")
+        stored = IndexInfo(**state["versions"][version])
+        if info is not None and info.dim != stored.dim:
+            raise IndexOpenError(
+                f"index {uri} holds {stored.dim}-dimensional embeddings from {stored.model_id!r}, but the "
+                f"model {info.model_id!r} makes {info.dim}-dimensional ones; ingest a new version with this model")
+        self._open(version, stored)
 
-    def _info_uri(self) -> str:
-        return self.uri.rstrip("/") + "/" + INFO_FILE
+    @classmethod
+    def create_version(cls, uri: str, info: IndexInfo, **options) -> "LanceDBIndex":
+        """A new, empty, unpublished version (table) for ``info``'s model; the alias is not touched."""
+        import lancedb
 
-    def _read_info(self) -> IndexInfo | None:
-        try:
-            return IndexInfo(**json.loads(storage.read_bytes(self._info_uri())))
-        except storage.ObjectNotFound:
-            return None
+        return cls(uri, version=_new_version(lancedb.connect(uri), uri, _read_state(uri), info), **options)
 
-    def _write_info(self, info: IndexInfo) -> None:
-        storage.write_bytes(self._info_uri(), json.dumps(info.__dict__, indent=2).encode())
+    def _open(self, version: str, info: IndexInfo) -> None:
+        self.version, self.info = version, info
+        self._tbl = self._db.open_table(version)
+        self._alias_checked_at = time.monotonic()
+        self._ann_checked_at = -1e9
+
+    @property
+    def _table(self):
+        """The open table; a handle that follows the alias re-reads it every READ_CONSISTENCY_S and switches
+        to a newly published version."""
+        if self._follow_alias and time.monotonic() - self._alias_checked_at > READ_CONSISTENCY_S:
+            self._alias_checked_at = time.monotonic()
+            state = self._read_state()
+            if state["current"] and state["current"] != self.version:
+                self._open(state["current"], IndexInfo(**state["versions"][state["current"]]))
+        return self._tbl
+
+    def _read_state(self) -> dict:
+        return _read_state(self.uri)
+
+    def _write_state(self, state: dict) -> None:
+        storage.write_bytes(_state_uri(self.uri), json.dumps(state, indent=2).encode())
+
+    def publish(self, keep: int = 2) -> list[str]:
+        state = self._read_state()
+        previous, state["current"] = state["current"], self.version
+        stale = sorted((v for v in state["versions"] if v not in (self.version, previous)), key=version_number)
+        dropped = stale[:max(0, len(state["versions"]) - max(keep, 2))]
+        for name in dropped:
+            del state["versions"][name]
+        state["published_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self._write_state(state)  # the switch: one atomic write
+        for name in dropped:
+            self._db.drop_table(name)
+        return dropped
+
+    def drop(self) -> None:
+        state = self._read_state()
+        if state["current"] == self.version:
+            raise IndexOpenError(f"version {self.version!r} is the current one of {self.uri}; publish another first")
+        state["versions"].pop(self.version, None)
+        self._write_state(state)
+        self._db.drop_table(self.version)
+
+    def versions(self) -> dict[str, Any]:
+        """The alias state: ``current`` version name and every version's model id and dimension."""
+        return self._read_state()
 
     def upsert(self, rows: pa.Table) -> int:
         if rows.num_rows == 0:
@@ -193,11 +247,59 @@ class LanceDBIndex(VectorIndex):
                 .limit(len(product_ids)).to_arrow().to_pylist())
         return [_metadata(r) | {"phash": r["phash"]} for r in rows]
 
+    def facets(self) -> dict[str, Any]:
+        """Reads only the facet and range columns; counts with ``pyarrow.compute.value_counts`` and
+        ``min_max`` (nulls, empty strings and NaN skipped)."""
+        import pyarrow.compute as pc
+
+        table = self._scan(list(FACET_FIELDS + RANGE_FIELDS))
+        facets: dict[str, list[dict[str, Any]]] = {}
+        for field in FACET_FIELDS:
+            column = pc.drop_null(table.column(field))
+            column = column.filter(pc.not_equal(pc.utf8_trim_whitespace(column), ""))
+            counts = pc.value_counts(column).to_pylist() if len(column) else []
+            facets[field] = sorted(({"value": c["values"], "count": c["counts"]} for c in counts),
+                                   key=lambda f: (-f["count"], f["value"]))
+        ranges: dict[str, dict[str, Any]] = {}
+        for field in RANGE_FIELDS:
+            column = pc.drop_null(table.column(field))
+            column = column.filter(pc.invert(pc.is_nan(column)))
+            if len(column):
+                bounds = pc.min_max(column).as_py()
+                ranges[field] = {"min": bounds["min"], "max": bounds["max"], "count": len(column)}
+        return {"products": table.num_rows, "facets": facets, "ranges": ranges}
+
     def all_vectors(self) -> tuple[list[str], np.ndarray]:
         """Every ``(product_id, vector)`` — for evaluation against an exact NumPy search."""
         table = self._scan(["product_id", "vector"])
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return table.column("product_id").to_pylist(), vectors.astype(np.float32)
+
+
+def _state_uri(uri: str) -> str:
+    return uri.rstrip("/") + "/" + INFO_FILE
+
+
+def _read_state(uri: str) -> dict:
+    """The alias file: ``{"alias", "current", "versions": {name: {model_id, dim, weights}}}``; empty when
+    missing."""
+    try:
+        state = json.loads(storage.read_bytes(_state_uri(uri)))
+    except storage.ObjectNotFound:
+        return {"alias": TABLE, "current": None, "versions": {}}
+    if "versions" not in state:  # written before versions existed: one table named like the alias
+        state = {"alias": TABLE, "current": TABLE, "versions": {TABLE: state}}
+    return state
+
+
+def _new_version(db, uri: str, state: dict, info: IndexInfo) -> str:
+    """Create the next version's empty table and record it (unpublished) in the alias file."""
+    number = max((version_number(v) for v in state["versions"]), default=0) + 1
+    name = version_name(TABLE, info.model_id, number)
+    db.create_table(name, schema=stored_schema(info.dim), exist_ok=True)
+    state["versions"][name] = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights}
+    storage.write_bytes(_state_uri(uri), json.dumps(state, indent=2).encode())
+    return name
 
 
 def _ids_in(product_ids: list[str]) -> str:
