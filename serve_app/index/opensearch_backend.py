@@ -108,6 +108,7 @@ class OpenSearchIndex(VectorIndex):
         self._async_client = None
         self._failures: list[dict[str, Any]] = []
         self._follow_alias = version is None
+        self._checked_at = time.monotonic()
         try:
             if version == NEW_VERSION:
                 version = self._create(info)
@@ -122,7 +123,6 @@ class OpenSearchIndex(VectorIndex):
             self.info = self._read_info(self.version)
         except Exception as e:
             raise _clear_error(e, self.base_url) from e
-        self._checked_at = time.monotonic()
         if info is not None and info.dim != self.info.dim:
             raise IndexOpenError(
                 f"index {uri} holds {self.info.dim}-dimensional embeddings from {self.info.model_id!r}, but the "
@@ -139,12 +139,8 @@ class OpenSearchIndex(VectorIndex):
         return sorted(found, key=version_number)
 
     def _current_version(self) -> str | None:
-        from opensearchpy import NotFoundError
-
-        try:
-            held = list(self.client.indices.get_alias(name=self.alias))
-        except NotFoundError:
-            held = []
+        answer = self.client.indices.get_alias(name=self.alias, ignore=[404])  # 404: no such alias yet
+        held = [name for name, value in answer.items() if isinstance(value, dict) and "aliases" in value]
         if held:
             return held[0]
         return self.alias if self.client.indices.exists(index=self.alias) else None  # a plain index, no alias

@@ -1,0 +1,98 @@
+"""OpenSearch request bodies against golden files written from the OpenSearch 2.x k-NN docs, score
+conversions against the docs' formulas, and URI / credential handling (no server needed)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serve_app.filters import parse_filters
+from serve_app.index import is_opensearch
+from serve_app.index import opensearch_bodies as bodies
+from serve_app.index.base import version_name
+from serve_app.index.opensearch_backend import client_options, parse_uri
+from serve_app.phash import pack_bits
+
+GOLDEN = Path(__file__).parent / "golden" / "opensearch"
+
+
+def golden(name: str) -> dict:
+    body = json.loads((GOLDEN / name).read_text())
+    body.pop("_source_doc")
+    return body
+
+
+def test_mapping_matches_the_docs_shape():
+    meta = {"model_id": "openai/clip-vit-base-patch32", "dim": 512, "weights": "pretrained", "alias": "products"}
+    body = bodies.index_body(512, m=16, ef_construction=128, ef_search=100, meta=meta)
+    assert body == golden("mapping_512.json")
+    # The rules the docs state, checked on their own too.
+    assert body["settings"]["index"]["knn"] is True
+    phash = body["mappings"]["properties"]["phash_bits"]
+    assert phash["data_type"] == "binary" and phash["space_type"] == "hamming"
+    assert phash["dimension"] % 8 == 0 and phash["dimension"] == 64 and phash["method"]["engine"] == "faiss"
+    vector = body["mappings"]["properties"]["vector"]
+    assert vector["space_type"] == "innerproduct" and vector["method"]["engine"] == "faiss"
+
+
+def test_filter_goes_inside_the_knn_clause():
+    flt = parse_filters({"category": ["kitchen", "tools"], "price": {"gte": 5, "lte": 50}})
+    assert bodies.knn_body(np.array([0.5, 0.25, 0, 0]), 5, flt) == golden("knn_with_filter.json")
+    unfiltered = bodies.knn_body(np.array([0.5, 0.25, 0, 0]), 5)
+    assert "filter" not in unfiltered["query"]["knn"]["vector"] and "post_filter" not in unfiltered
+
+
+def test_exact_hamming_query_and_binary_bytes():
+    body = bodies.hamming_body(0x0102030405060708, 10, parse_filters({"category": "kitchen"}))
+    assert body == golden("hamming_exact.json")
+    for h in (0, -1, -(2**63), 2**63 - 1, 0x7F80FF0012345678, -1234567890123):
+        as_bytes = bodies.phash_bytes(h)
+        assert all(-128 <= b <= 127 for b in as_bytes) and len(as_bytes) == 8  # int8, 64 bits
+        assert np.array(as_bytes, np.int8).view(np.uint8).tolist() == pack_bits(np.array([h]))[0].tolist()
+
+
+def test_msearch_and_alias_switch_bodies():
+    lines = bodies.msearch_body("products", np.eye(4, dtype=np.float32)[:2], 3)
+    assert lines == golden("msearch_two_queries.json")["lines"]
+    switch = bodies.alias_switch_actions("products", "products-clip-vit-base-patch32-v2",
+                                         ["products-clip-vit-base-patch32-v1"])
+    assert switch == golden("alias_switch.json")
+    assert version_name("products", "openai/clip-vit-base-patch32", 2) == "products-clip-vit-base-patch32-v2"
+    assert version_name("products", "/models/My_CLIP/", 7) == "products-my-clip-v7"
+
+
+@pytest.mark.parametrize("cosine", [-1.0, -0.5, -1e-3, 0.0, 0.2, 0.999, 1.0])
+def test_innerproduct_score_maps_back_to_cosine(cosine):
+    d = -cosine  # faiss innerproduct distance (docs: d = -x.y)
+    score = 1 / (1 + d) if d >= 0 else -d + 1  # docs' score formula
+    assert bodies.innerproduct_score_to_cosine(score) == pytest.approx(cosine, abs=1e-9)
+
+
+@pytest.mark.parametrize("d", [0, 1, 7, 32, 64])
+def test_hamming_score_maps_back_to_bits(d):
+    assert bodies.hamming_score_to_distance(1 / (1 + d)) == d
+
+
+def test_uri_forms_and_credentials_from_environment(monkeypatch):
+    assert parse_uri("https://search.example:9200/products") == ("https://search.example:9200", "products")
+    assert parse_uri("opensearch://search.example:9200/products") == ("https://search.example:9200", "products")
+    assert parse_uri("opensearch+http://127.0.0.1:9200/products") == ("http://127.0.0.1:9200", "products")
+    assert is_opensearch("https://h:9200/p") and is_opensearch("opensearch://h/p") and not is_opensearch("./data/ix")
+    for bad in ("https://h:9200/", "https://h:9200/a/b", "https://h:9200/Products"):
+        with pytest.raises(ValueError, match="index/alias"):
+            parse_uri(bad)
+    with pytest.raises(ValueError, match="VS_OPENSEARCH_USER"):
+        parse_uri("https://admin:secret@h:9200/products")
+
+    for var in ("VS_OPENSEARCH_USER", "VS_OPENSEARCH_PASSWORD", "VS_OPENSEARCH_VERIFY_CERTS", "VS_OPENSEARCH_CA_CERTS"):
+        monkeypatch.delenv(var, raising=False)
+    options = client_options("https://h:9200")
+    assert options["verify_certs"] is True and "http_auth" not in options  # TLS verification on by default
+    monkeypatch.setenv("VS_OPENSEARCH_USER", "reader")
+    monkeypatch.setenv("VS_OPENSEARCH_PASSWORD", "pw")
+    monkeypatch.setenv("VS_OPENSEARCH_CA_CERTS", "/etc/ssl/certs/ca.pem")
+    options = client_options("https://h:9200")
+    assert options["http_auth"] == ("reader", "pw") and options["ca_certs"] == "/etc/ssl/certs/ca.pem"
+    monkeypatch.setenv("VS_OPENSEARCH_VERIFY_CERTS", "false")
+    assert client_options("https://h:9200")["verify_certs"] is False
