@@ -21,8 +21,10 @@ from serve_app.filters import parse_filters
 from serve_app.fusion import fuse
 from serve_app.near_duplicates import find_similar
 from serve_app.phash import phash64, to_hex
-from serve_app.images import decode_image
+from serve_app.images import ImageDecodeError, decode_image
 from serve_app.index import open_index
+from serve_app.storage import ObjectNotFound, StorageError, read_bytes
+from serve_app.thumbnails import ProductNotFound, ThumbnailUnavailable, render_thumbnail
 
 log = logging.getLogger("ray.serve")
 
@@ -119,6 +121,33 @@ class Retriever:
         return {"index": self.index.uri, "products": self.index.count(), "model_id": self.index.info.model_id,
                 "dim": self.index.info.dim}
 
+    async def facets(self) -> dict[str, Any]:
+        """Category/brand value counts and price range of the catalog (see :meth:`VectorIndex.facets`)."""
+        return await asyncio.to_thread(self.index.facets)
+
+    def _thumbnail(self, product_id: str, size: int) -> bytes:
+        rows = self.index.get([product_id])
+        if not rows or not rows[0].get("image_url"):
+            raise ProductNotFound(f"no product with id {product_id!r}")
+        uri = rows[0]["image_url"]
+        try:
+            return render_thumbnail(read_bytes(uri), size)
+        except ObjectNotFound as e:
+            raise ProductNotFound(f"the image of product {product_id!r} is gone: {e}") from None
+        except (StorageError, ImageDecodeError) as e:
+            raise ThumbnailUnavailable(f"the image of product {product_id!r} cannot be read: {e}") from None
+
+    async def thumbnail(self, product_id: str, size: int) -> bytes:
+        """JPEG thumbnail of a product's stored catalog image (longer side ``size`` px, clamped 64–512).
+
+        Only the ``image_url`` stored for ``product_id`` is read, so a request cannot name another path.
+
+        Raises:
+            ProductNotFound: unknown product id, or its image is gone.
+            ThumbnailUnavailable: the stored image cannot be read or no longer decodes.
+        """
+        return await asyncio.to_thread(self._thumbnail, product_id, size)
+
     async def search(self, vectors: np.ndarray, k: int, filters: dict | None = None) -> list[list[dict[str, Any]]]:
         """k-NN for each query row.
 
@@ -161,8 +190,8 @@ class Retriever:
 
         Returns:
             The video search response body: ``results`` (each with the frames that matched it),
-            ``frames_sampled``, ``frames_kept``, ``duration_s``, ``kept_frames`` (times) and ``took_ms``
-            per stage.
+            ``frames_sampled``, ``frames_kept``, ``duration_s``, ``kept_frames`` (times, and ``thumbnail``
+            data URLs when the clip carries ``thumbnails``) and ``took_ms`` per stage.
         """
         started = time.perf_counter()
         per_frame = await self.search(clip["vectors"], min(1000, max(k, 20)), filters)
@@ -170,4 +199,10 @@ class Retriever:
         took = dict(clip["took_ms"]) | {"retrieve": round(1000 * (time.perf_counter() - started), 2)}
         return {"results": results, "k": k, "fusion": fusion, "frames_sampled": clip["frames_sampled"],
                 "frames_kept": clip["frames_kept"], "duration_s": clip["duration_s"],
-                "kept_frames": [{"t": t} for t in clip["times"]], "took_ms": took}
+                "kept_frames": _kept_frames(clip), "took_ms": took}
+
+
+def _kept_frames(clip: dict[str, Any]) -> list[dict[str, Any]]:
+    """``[{"t": seconds}]`` per kept frame, plus ``thumbnail`` (a JPEG data URL) when the deduper made them."""
+    thumbnails = clip.get("thumbnails") or [None] * len(clip["times"])
+    return [{"t": t} | ({"thumbnail": thumb} if thumb else {}) for t, thumb in zip(clip["times"], thumbnails)]

@@ -9,10 +9,13 @@ Encoder's ``DeploymentResponse`` straight to the Retriever and awaits only the R
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -21,11 +24,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.config import AppArgs
 from serve_app.errors import ApiError, error_response, to_api_error
 from serve_app.filters import FilterError, parse_filters
+from serve_app.thumbnails import DEFAULT_SIZE, ByteLRU, clamp_size, etag
 from serve_app.url_fetch import fetch_image_url
 
 MAX_K = 1000
+STATIC_DIR = Path(__file__).parent / "static"
+THUMBNAIL_MAX_AGE_S = 300
 app = FastAPI(title="Visual Search", version="0.1.0",
               description="Search a product catalog by photo or text (CLIP embeddings, k-NN).")
+# The web page's assets (the page itself is GET /); everything is served from this origin, nothing external.
+app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
 class TextQuery(BaseModel):
@@ -97,6 +105,7 @@ class Ingress:
                  deduper: DeploymentHandle, args: dict):
         self.encoder, self.retriever, self.decoder, self.deduper = encoder, retriever, decoder, deduper
         self.args = AppArgs(**args)
+        self.thumbnails = ByteLRU(ttl_s=THUMBNAIL_MAX_AGE_S)  # (product_id, size) → JPEG bytes
 
     @staticmethod
     def _check_size(request: Request, limit: int) -> None:
@@ -117,6 +126,39 @@ class Ingress:
         except Exception as e:
             raise to_api_error(e) from None
         return rows[0]
+
+    @app.get("/", include_in_schema=False)
+    async def page(self):
+        """The web page (serve_app/static/index.html): photo, text, video and duplicate search."""
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/facets")
+    async def facets(self):
+        """Filter values: ``{"products", "facets": {"category"|"brand": [{"value", "count"}]}, "ranges":
+        {"price": {"min", "max", "count"}}}``, counts descending."""
+        try:
+            return await self.retriever.facets.remote()
+        except Exception as e:
+            raise to_api_error(e) from None
+
+    @app.get("/thumbnails/{product_id:path}", response_class=Response,
+             responses={200: {"content": {"image/jpeg": {}}}})
+    async def thumbnail(self, request: Request, product_id: str,
+                        size: int = Query(DEFAULT_SIZE, description="longer side in pixels, clamped to 64–512")):
+        """JPEG thumbnail of a product's catalog image, resized on the Retriever and cached here (LRU in bytes)
+        and by the browser (``Cache-Control``, ``ETag`` → 304). Unknown product: 404."""
+        size = clamp_size(size)
+        body = self.thumbnails.get((product_id, size))
+        if body is None:
+            try:
+                body = await self.retriever.thumbnail.remote(product_id, size)
+            except Exception as e:
+                raise to_api_error(e) from None
+            self.thumbnails.put((product_id, size), body)
+        headers = {"ETag": etag(body), "Cache-Control": f"public, max-age={THUMBNAIL_MAX_AGE_S}"}
+        if headers["ETag"] in request.headers.get("if-none-match", ""):
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="image/jpeg", headers=headers)
 
     @app.get("/healthz")
     async def healthz(self):
@@ -203,7 +245,9 @@ class Ingress:
     async def search_video(self, request: Request, file: UploadFile = File(..., description="video clip"),
                            k: int = Form(10, ge=1, le=MAX_K), fps: float = Form(1.0, gt=0),
                            max_frames: int | None = Form(None, ge=1), fusion: str = Form("max", pattern="^(max|rrf)$"),
-                           filters: str | None = Form(None, description="JSON object")):
+                           filters: str | None = Form(None, description="JSON object"),
+                           frame_thumbnails: bool = Form(False, description="add kept_frames[i].thumbnail, a "
+                                                         "~96 px high JPEG data URL of each kept frame")):
         """Clip → sample at ``fps`` → pHash frame dedup → CLIP (one batch) → multi-query k-NN → fusion."""
         started = time.perf_counter()
         self._check_size(request, self.args.max_video_bytes)
@@ -215,7 +259,7 @@ class Ingress:
                            f"max_frames: at most {self.args.max_video_frames} frames per clip")
         data = await self._read_upload(file, self.args.max_video_bytes)
         clip = self.decoder.decode.remote(data, fps, max_frames)
-        clip = self.deduper.dedup.remote(clip)
+        clip = self.deduper.dedup.remote(clip, frame_thumbnails)
         clip = self.encoder.embed_clip.remote(clip)
         try:
             body = await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion)

@@ -12,6 +12,7 @@ from typing import Any
 from ray import serve
 
 from serve_app.frame_dedup import DEFAULT_MAX_DISTANCE, dedup_frames, frame_hashes
+from serve_app.thumbnails import frame_data_url
 from serve_app.video import decode_and_sample
 
 
@@ -45,15 +46,18 @@ class FrameDeduper:
     def reconfigure(self, config: dict[str, Any]) -> None:
         self.max_distance = int(config.get("max_distance", DEFAULT_MAX_DISTANCE))
 
-    def _dedup(self, clip: dict[str, Any]) -> dict[str, Any]:
+    def _dedup(self, clip: dict[str, Any], thumbnails: bool) -> dict[str, Any]:
         started = time.perf_counter()
         hashes = frame_hashes(clip["frames"])
         keep = dedup_frames(hashes, self.max_distance)
         out = dict(clip) | {"frames": [clip["frames"][i] for i in keep], "times": [clip["times"][i] for i in keep],
                             "frames_kept": len(keep)}
+        if thumbnails:
+            out["thumbnails"] = [frame_data_url(frame) for frame in out["frames"]]
         out["took_ms"] = dict(clip["took_ms"]) | {"dedup": round(1000 * (time.perf_counter() - started), 2)}
         return out
 
-    async def dedup(self, clip: dict[str, Any]) -> dict[str, Any]:
-        """Adds ``frames_kept`` and keeps only the distinct frames (and their times)."""
-        return await asyncio.to_thread(self._dedup, clip)
+    async def dedup(self, clip: dict[str, Any], thumbnails: bool = False) -> dict[str, Any]:
+        """Adds ``frames_kept`` and keeps only the distinct frames (and their times); with ``thumbnails``,
+        also ``thumbnails``: one ~96 px high JPEG data URL per kept frame, for the page's frame strip."""
+        return await asyncio.to_thread(self._dedup, clip, thumbnails)
