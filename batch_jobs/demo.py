@@ -68,6 +68,7 @@ def cmd_demo(args) -> int:
         health = wait_healthy(base + "/healthz", serve)
         print(f"\n{BANNER}\nVisual Search is serving {health.get('products')} products "
               f"(model {health.get('model_id')}, weights {health.get('model_weights')}).\n"
+              f"  web page     : {base}/\n"
               f"  OpenAPI docs : {base}/docs\n"
               f"  text search  : curl -s {base}/search/text -H 'content-type: application/json' "
               "-d '{\"query\": \"a red apple\", \"k\": 5}'\n"

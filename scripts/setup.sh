@@ -10,6 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 missing=()
 [ -d /usr/share/tuxpaint/stamps ] || missing+=(tuxpaint-stamps-default)
 [ -d /usr/share/doc/opencv-doc/examples ] || missing+=(opencv-doc)
+# Headless Chromium for the web page's browser tests (Playwright drives this one; never `playwright install`).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/dejavu ] || missing+=(fonts-dejavu-core)
 python3 -c "import ensurepip, venv" 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"

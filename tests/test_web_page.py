@@ -1,0 +1,209 @@
+"""The web page end to end: headless Debian Chromium, driven by Playwright, against the real Ray Serve app.
+
+Each test opens the page the service serves at ``/``, acts as a shopper would (choose, drop or paste a file,
+type, pick a filter) and checks what is shown against an independent answer: the product whose image was
+uploaded, the service's own JSON answer, the catalog rows of a category. Every request the page makes is
+recorded and must go to the service's origin (no CDN, no fonts, no third-party images). Each mode saves a
+screenshot under ``test-artifacts/screenshots/``.
+"""
+
+import base64
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "test-artifacts" / "screenshots"
+TIMEOUT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: `apt-get install chromium` (scripts/setup.sh does) to run the page tests")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the `test` extra)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _open(browser, service: str, viewport: dict, route=None):
+    """A fresh context and page on the service's page; returns ``(context, page, requests, js_errors)``."""
+    context = browser.new_context(viewport=viewport)
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    requests, js_errors = [], []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("pageerror", lambda e: js_errors.append(str(e)))
+    if route:
+        page.route(*route)
+    page.goto(service + "/")
+    page.wait_for_selector("body[data-ready=true]", state="attached")
+    return context, page, requests, js_errors
+
+
+def _check_origin(service: str, requests: list[str], js_errors: list[str]) -> None:
+    assert requests and requests[0] == service + "/"
+    foreign = [u for u in requests if not u.startswith((service + "/", "data:", "blob:"))]
+    assert not foreign, f"the page requested other hosts: {foreign}"
+    assert not js_errors, f"JavaScript errors: {js_errors}"
+
+
+@pytest.fixture
+def page(browser, service):
+    context, page, requests, js_errors = _open(browser, service, {"width": 1280, "height": 900})
+    yield page
+    context.close()
+    _check_origin(service, requests, js_errors)
+
+
+def _cards(page) -> list[dict]:
+    return page.eval_on_selector_all("#results .card", """cards => cards.map(c => ({
+        id: c.dataset.productId, category: c.dataset.category, text: c.innerText,
+        chips: [...c.querySelectorAll('.chip')].map(x => Number(x.dataset.t))}))""")
+
+
+def _wait_results(page, n: int | None = None) -> list[dict]:
+    page.wait_for_selector("#results .card")
+    page.wait_for_function("!document.body.classList.contains('loading')")
+    cards = _cards(page)
+    if n is not None:
+        assert len(cards) == n
+    return cards
+
+
+def _thumbnails_loaded(page) -> bool:
+    page.wait_for_function("[...document.querySelectorAll('#results img.thumb')].slice(0, 4).every(i => i.complete)")
+    return page.eval_on_selector_all("#results img.thumb", "imgs => imgs.slice(0, 4).every(i => i.naturalWidth > 0)")
+
+
+def test_photo_upload_shows_that_product_first(page, sample_rows):
+    row = sample_rows[7]
+    assert page.get_attribute("[data-mode=photo]", "aria-selected") == "true"  # the default mode
+    page.set_input_files("#image-file", row["image"])
+    cards = _wait_results(page, 10)
+    assert cards[0]["id"] == row["product_id"]
+    assert row["title"] in cards[0]["text"] and "score 1.000" in cards[0]["text"]
+    assert page.is_visible("#image-preview") and _thumbnails_loaded(page)
+    page.screenshot(path=str(SHOTS / "photo.png"), full_page=True)
+
+
+def test_drop_and_paste_an_image(page, sample_rows):
+    rows = sample_rows[12], sample_rows[40]
+    payloads = [base64.b64encode(Path(r["image"]).read_bytes()).decode() for r in rows]
+    make_transfer = """([b64, name]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: 'image/png'})); return dt; }"""
+    dropped = page.evaluate_handle(make_transfer, [payloads[0], "dropped.png"])
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": dropped})
+    assert _wait_results(page)[0]["id"] == rows[0]["product_id"]
+    page.evaluate(f"""([b64, name]) => document.dispatchEvent(new ClipboardEvent('paste',
+        {{clipboardData: ({make_transfer})([b64, name]), bubbles: true}}))""", [payloads[1], "pasted.png"])
+    page.wait_for_function("id => document.querySelector('#results .card')?.dataset.productId === id",
+                           arg=rows[1]["product_id"])
+
+
+def test_text_query_shows_k_results_and_fits_a_phone(page, http):
+    query = "a red apple on a table"
+    page.click("[data-mode=text]")
+    page.fill("#text-query", query)
+    page.fill("#k", "7")
+    page.click("#search-button")
+    cards = _wait_results(page, 7)
+    expected = http.post("/search/text", json={"query": query, "k": 7}).json()["results"]
+    assert [c["id"] for c in cards] == [r["product_id"] for r in expected]
+    assert page.inner_text("#status").startswith("7 results")
+    page.screenshot(path=str(SHOTS / "text.png"), full_page=True)
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.wait_for_function("document.querySelector('#results').getBoundingClientRect().width <= 375")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # nothing wider than the phone
+    columns = page.evaluate("getComputedStyle(document.querySelector('#results')).gridTemplateColumns.split(' ').length")
+    assert columns == 2
+    page.screenshot(path=str(SHOTS / "text-phone.png"), full_page=True)
+
+
+def test_category_filter_shows_only_that_category(page, http, sample_rows):
+    counts = Counter(r["category"] for r in sample_rows)
+    options = page.eval_on_selector_all("#category option", "os => os.map(o => o.value).filter(Boolean)")
+    assert options == [f["value"] for f in http.get("/facets").json()["facets"]["category"]]
+    assert set(options) == set(counts)
+    category = sorted((c for c in counts if 2 <= counts[c] < 20), key=lambda c: (-counts[c], c))[0]
+    page.click("[data-mode=text]")
+    page.fill("#text-query", "something to buy")
+    page.fill("#k", "20")
+    page.select_option("#category", category)
+    page.click("#search-button")
+    cards = _wait_results(page, counts[category])  # fewer than k match: all of them, and nothing else
+    assert {c["category"] for c in cards} == {category}
+    assert {c["id"] for c in cards} == {r["product_id"] for r in sample_rows if r["category"] == category}
+    page.screenshot(path=str(SHOTS / "filters.png"), full_page=True)
+
+
+def test_corrupt_upload_shows_the_service_error_message(page, http):
+    data = b"\x89PNG\r\n\x1a\n" + b"\x00broken" * 40
+    expected = http.post("/search/image", files={"file": ("broken.png", data, "image/png")}, data={"k": "10"})
+    assert expected.status_code in (400, 415)
+    message = expected.json()["error"]["message"]
+    page.set_input_files("#image-file", {"name": "broken.png", "mimeType": "image/png", "buffer": data})
+    page.wait_for_selector("#error", state="visible")
+    assert page.inner_text("#error") == message
+    assert page.get_attribute("#error", "data-code") == expected.json()["error"]["code"]
+    assert not _cards(page) and not page.evaluate("document.body.classList.contains('loading')")
+    page.screenshot(path=str(SHOTS / "error.png"), full_page=True)
+
+
+def test_video_clip_shows_the_frame_strip_and_matched_frames(page, http, sample_rows, tmp_path):
+    rows = [sample_rows[5], sample_rows[33]]
+    clip = tmp_path / "two-products.mp4"
+    subprocess.run([sys.executable, "-m", "batch_jobs", "make-clip", str(clip), rows[0]["image"], rows[1]["image"],
+                    "--seconds", "2"], check=True, cwd=ROOT, capture_output=True)
+    page.click("[data-mode=video]")
+    page.set_input_files("#video-file", str(clip))
+    cards = _wait_results(page, 10)
+    page.wait_for_function("[...document.querySelectorAll('#frame-strip img')].every(i => i.complete)")
+    strip = page.eval_on_selector_all("#frame-strip .frame", """fs => fs.map(f => ({t: Number(f.dataset.t),
+        img: f.querySelector('img')?.naturalHeight || 0, label: f.querySelector('.time').textContent}))""")
+    assert len(strip) == 2 and [f["label"] for f in strip] == ["0.0 s", "2.0 s"]
+    assert all(f["img"] == 96 for f in strip)  # the server's 96 px frame thumbnails, decoded by the page
+    assert {c["id"] for c in cards[:2]} == {r["product_id"] for r in rows}
+    for card in cards[:2]:
+        start = 0.0 if card["id"] == rows[0]["product_id"] else 2.0
+        assert card["chips"] and all(start <= t < start + 2.0 for t in card["chips"])
+    page.hover(f"#results .card[data-product-id='{cards[0]['id']}']")
+    assert page.eval_on_selector_all("#frame-strip .frame.match", "fs => fs.map(f => Number(f.dataset.t))") == \
+        cards[0]["chips"]
+    page.screenshot(path=str(SHOTS / "video.png"), full_page=True)
+
+
+def test_duplicates_mode_shows_match_percent_and_distance(page, sample_rows):
+    row = sample_rows[20]
+    page.click("[data-mode=duplicates]")
+    assert page.is_hidden("#filters")  # find_similar takes no filters
+    page.set_input_files("#image-file", row["image"])
+    cards = _wait_results(page)
+    first = page.query_selector("#results .card")
+    assert cards[0]["id"] == row["product_id"]
+    assert first.get_attribute("data-hamming-distance") == "0" and first.get_attribute("data-match-percent") == "100"
+    assert "100 % match" in cards[0]["text"] and "distance 0 / 64 bits" in cards[0]["text"]
+    page.screenshot(path=str(SHOTS / "duplicates.png"), full_page=True)
+
+
+def test_modes_appear_only_when_the_service_has_their_endpoint(browser, service):
+    def without_video_and_duplicates(route):
+        spec = route.fetch().json()  # the service's real answer, minus two endpoints
+        for path in ("/search/video", "/find_similar"):
+            spec["paths"].pop(path)
+        route.fulfill(json=spec)
+
+    context, page, requests, js_errors = _open(browser, service, {"width": 800, "height": 700},
+                                               route=("**/openapi.json", without_video_and_duplicates))
+    visible = page.eval_on_selector_all("#modes [data-mode]", "ts => ts.filter(t => !t.hidden).map(t => t.dataset.mode)")
+    assert visible == ["photo", "text"]
+    context.close()
+    _check_origin(service, requests, js_errors)
