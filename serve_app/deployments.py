@@ -18,7 +18,7 @@ from ray import serve
 
 from serve_app.embedding import load_clip
 from serve_app.filters import parse_filters
-from serve_app.fusion import fuse
+from serve_app.fusion import fuse, soft_text_filter
 from serve_app.near_duplicates import find_similar
 from serve_app.phash import phash64, to_hex
 from serve_app.images import ImageDecodeError, decode_image
@@ -161,8 +161,46 @@ class Retriever:
             FilterError: unknown field or wrong value type in ``filters``.
         """
         clauses = parse_filters(filters)
-        hits = await asyncio.to_thread(self.index.search, vectors, k, clauses)
+        hits = await self.index.asearch(vectors, k, clauses)
         return [[h.metadata | {"product_id": h.product_id, "score": round(h.score, 6)} for h in row] for row in hits]
+
+    async def _soft_filter(self, candidates: list[dict[str, Any]], query_vectors: np.ndarray, text_hits: list[dict],
+                           text_vector: np.ndarray, text_weight: float, k: int,
+                           text_only: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Candidates = visual results ∪ the text query's own k-NN results (same hard filters); both cosines
+        computed exactly for each (stored vectors fetched for the ones a side did not retrieve), then
+        :func:`serve_app.fusion.soft_text_filter`. ``text_only``: fields added to candidates only the text found."""
+        text_scores = {h["product_id"]: h["score"] for h in text_hits}
+        known = {c["product_id"] for c in candidates}
+        extra = [h for h in text_hits if h["product_id"] not in known]
+        need = [c["product_id"] for c in candidates if c["product_id"] not in text_scores]
+        need += [h["product_id"] for h in extra]
+        stored = await asyncio.to_thread(self.index.vectors, need) if need else {}
+        text_vector = np.asarray(text_vector, np.float32).reshape(-1)
+        for product_id, vector in stored.items():
+            text_scores.setdefault(product_id, float(vector @ text_vector))
+        for h in extra:
+            if h["product_id"] in stored:
+                image = float(np.max(np.asarray(query_vectors, np.float32) @ stored[h["product_id"]]))
+                candidates.append(h | (text_only or {}) | {"score": image})
+        candidates = [c for c in candidates if c["product_id"] in text_scores]
+        return soft_text_filter(candidates, text_scores, text_weight, k)
+
+    async def search_soft(self, vectors: np.ndarray, text_vector: np.ndarray, k: int, filters: dict | None,
+                          text_weight: float) -> list[dict[str, Any]]:
+        """Image k-NN re-ranked by a text query as a soft filter (score breakdown per result).
+
+        Args:
+            vectors: float32 ``(1, D)`` image query. text_vector: float32 ``(1, D)`` CLIP text embedding.
+            k: results. filters: hard filters (applied to both searches). text_weight: ``w`` in [0, 1].
+
+        Returns:
+            Up to ``k`` results with ``image_score``, ``text_score`` and the fused ``score``, best first.
+        """
+        pool = min(1000, max(4 * k, 50))
+        queries = np.vstack([np.asarray(vectors, np.float32), np.asarray(text_vector, np.float32).reshape(1, -1)])
+        image_hits, text_hits = await self.search(queries, pool, filters)
+        return await self._soft_filter(image_hits, vectors, text_hits, text_vector, text_weight, k)
 
     def _find_similar(self, data: bytes, top: int, max_distance: int, mode: str, vector: np.ndarray | None,
                       thresholds: dict[str, float]) -> dict[str, Any]:
@@ -185,7 +223,8 @@ class Retriever:
         return await asyncio.to_thread(self._find_similar, data, top, max_distance, mode, vector, thresholds or {})
 
     async def search_clip(self, clip: dict[str, Any], k: int, filters: dict | None = None,
-                          fusion: str = "max") -> dict[str, Any]:
+                          fusion: str = "max", text_vector: np.ndarray | None = None,
+                          text_weight: float = 0.5) -> dict[str, Any]:
         """One multi-query k-NN round trip for all kept frames of a clip, then fusion into one ranking.
 
         Returns:
@@ -194,8 +233,16 @@ class Retriever:
             data URLs when the clip carries ``thumbnails``) and ``took_ms`` per stage.
         """
         started = time.perf_counter()
-        per_frame = await self.search(clip["vectors"], min(1000, max(k, 20)), filters)
-        results = fuse(per_frame, clip["times"], k, fusion)
+        if text_vector is None:
+            per_frame = await self.search(clip["vectors"], min(1000, max(k, 20)), filters)
+            results = fuse(per_frame, clip["times"], k, fusion)
+        else:  # soft text filter: fuse a larger pool by frames, then re-rank with the text (max-frame cosine)
+            pool = min(1000, max(4 * k, 50))
+            queries = np.vstack([clip["vectors"], np.asarray(text_vector, np.float32).reshape(1, -1)])
+            *per_frame, text_hits = await self.search(queries, pool, filters)
+            fused = [r | {"score": r["best_score"]} for r in fuse(per_frame, clip["times"], pool, fusion)]
+            results = await self._soft_filter(fused, clip["vectors"], text_hits, text_vector, text_weight, k,
+                                              text_only={"frames": []})
         took = dict(clip["took_ms"]) | {"retrieve": round(1000 * (time.perf_counter() - started), 2)}
         return {"results": results, "k": k, "fusion": fusion, "frames_sampled": clip["frames_sampled"],
                 "frames_kept": clip["frames_kept"], "duration_s": clip["duration_s"],

@@ -64,3 +64,48 @@ def fuse(per_frame: Sequence[Sequence[dict[str, Any]]], times: Sequence[float], 
         fused.append((key, result))
     fused.sort(key=lambda kr: kr[0], reverse=True)
     return [r for _, r in fused[:k]]
+
+
+def min_max(scores: Sequence[float]) -> list[float]:
+    """Scale to [0, 1] by the set's min and max (all 1.0 when they are equal)."""
+    lo, hi = min(scores, default=0.0), max(scores, default=0.0)
+    return [1.0 if hi == lo else (s - lo) / (hi - lo) for s in scores]
+
+
+def soft_text_filter(candidates: Sequence[dict[str, Any]], text_scores: dict[str, float], text_weight: float,
+                     k: int) -> list[dict[str, Any]]:
+    """Re-rank visual results with a text query as a *soft* filter.
+
+    ``score(p) = (1 − w) · mm(image_score)(p) + w · mm(text_score)(p)`` where ``image_score`` is the cosine of
+    the query image (for a video: the best frame) and product ``p``, ``text_score`` the CLIP text-to-image
+    cosine of the text and ``p``, ``w = text_weight`` and ``mm`` min–max normalisation over the candidate set.
+    Normalising first matters because CLIP image–image cosines (~0.5–1) and text–image cosines (~0.2–0.35)
+    live on different scales; it is OpenSearch's hybrid-search ``min_max`` normalisation with a weighted
+    arithmetic mean (OpenSearch docs, *Normalization processor*). ``w = 0`` keeps the visual order, ``w = 1``
+    orders the candidates by text alone.
+
+    Args:
+        candidates: result dicts with ``product_id`` and ``score`` (the image cosine), any order.
+        text_scores: text cosine per candidate ``product_id`` (every candidate must have one).
+        text_weight: ``w`` in [0, 1].
+        k: results to return.
+
+    Returns:
+        Up to ``k`` result dicts, best first, each with ``image_score``, ``text_score`` and the fused ``score``.
+
+    Raises:
+        ValueError: ``text_weight`` outside [0, 1] or a candidate without a text score.
+    """
+    if not 0.0 <= text_weight <= 1.0:
+        raise ValueError(f"text_weight must be in [0, 1], got {text_weight}")
+    missing = [c["product_id"] for c in candidates if c["product_id"] not in text_scores]
+    if missing:
+        raise ValueError(f"no text score for {missing[:5]}")
+    image = [float(c["score"]) for c in candidates]
+    text = [float(text_scores[c["product_id"]]) for c in candidates]
+    fused = []
+    for c, i, t, ni, nt in zip(candidates, image, text, min_max(image), min_max(text)):
+        score = (1.0 - text_weight) * ni + text_weight * nt
+        fused.append(dict(c) | {"image_score": round(i, 6), "text_score": round(t, 6), "score": round(score, 6)})
+    fused.sort(key=lambda r: (-r["score"], -r["image_score"], r["product_id"]))
+    return fused[:k]

@@ -84,6 +84,20 @@ def _check_filters(filters: dict | None) -> dict | None:
     return filters
 
 
+TEXT_FIELD = Form(None, max_length=2000, description="soft filter: a description that re-ranks the visual results")
+TEXT_WEIGHT_FIELD = Form(None, ge=0.0, le=1.0, description="weight w of the text in the fused score, default 0.5")
+DEFAULT_TEXT_WEIGHT = 0.5
+
+
+def _soft_filter_args(text: str | None, text_weight: float | None) -> tuple[str | None, float]:
+    """Validate the soft text filter fields: ``text_weight`` needs a non-blank ``text``."""
+    if text is not None and not text.strip():
+        text = None
+    if text is None and text_weight is not None:
+        raise ApiError(422, "invalid_request", "text_weight: give a `text` to weigh (the soft text filter)")
+    return text, DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight
+
+
 def _parse_filters_field(filters: str | None) -> dict | None:
     if filters is None or not filters.strip():
         return None
@@ -185,11 +199,14 @@ class Ingress:
     @app.post("/search/image")
     async def search_image(self, request: Request, file: UploadFile | None = File(None),
                            image_url: str | None = Form(None), k: int = Form(10, ge=1, le=MAX_K),
-                           filters: str | None = Form(None, description="JSON object")):
-        """Photo (multipart ``file`` or form field ``image_url``) → CLIP image embedding → k-NN."""
+                           filters: str | None = Form(None, description="JSON object"),
+                           text: str | None = TEXT_FIELD, text_weight: float | None = TEXT_WEIGHT_FIELD):
+        """Photo (multipart ``file`` or form field ``image_url``) → CLIP image embedding → k-NN; with ``text``,
+        re-ranked by ``(1 − w)·minmax(image_score) + w·minmax(text_score)`` (see README, "Soft text filter")."""
         started = time.perf_counter()
         self._check_size(request, self.args.max_upload_bytes)
         parsed_filters = _parse_filters_field(filters)
+        text, text_weight = _soft_filter_args(text, text_weight)
         if (file is None) == (not image_url):
             raise ApiError(422, "invalid_request", "send exactly one of a multipart `file` or an `image_url` field")
         if file is not None:
@@ -201,8 +218,16 @@ class Ingress:
             except Exception as e:
                 raise to_api_error(e) from None
         vector = self.encoder.embed_image.remote(data)
-        results = await self._search(vector, k, parsed_filters)
-        return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+        if text is None:
+            results = await self._search(vector, k, parsed_filters)
+            return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+        text_vector = self.encoder.embed_text.remote(text)
+        try:
+            results = await self.retriever.search_soft.remote(vector, text_vector, k, parsed_filters, text_weight)
+        except Exception as e:
+            raise to_api_error(e) from None
+        return {"results": results, "k": k, "text": text, "text_weight": text_weight,
+                "took_ms": round(1000 * (time.perf_counter() - started), 2)}
 
     async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str) -> dict:
         started = time.perf_counter()
@@ -247,11 +272,13 @@ class Ingress:
                            max_frames: int | None = Form(None, ge=1), fusion: str = Form("max", pattern="^(max|rrf)$"),
                            filters: str | None = Form(None, description="JSON object"),
                            frame_thumbnails: bool = Form(False, description="add kept_frames[i].thumbnail, a "
-                                                         "~96 px high JPEG data URL of each kept frame")):
+                                                         "~96 px high JPEG data URL of each kept frame"),
+                           text: str | None = TEXT_FIELD, text_weight: float | None = TEXT_WEIGHT_FIELD):
         """Clip → sample at ``fps`` → pHash frame dedup → CLIP (one batch) → multi-query k-NN → fusion."""
         started = time.perf_counter()
         self._check_size(request, self.args.max_video_bytes)
         parsed_filters = _parse_filters_field(filters)
+        text, text_weight = _soft_filter_args(text, text_weight)
         if fps > self.args.max_video_fps:
             raise ApiError(422, "invalid_request", f"fps: at most {self.args.max_video_fps:g} frames per second")
         if max_frames is not None and max_frames > self.args.max_video_frames:
@@ -261,9 +288,12 @@ class Ingress:
         clip = self.decoder.decode.remote(data, fps, max_frames)
         clip = self.deduper.dedup.remote(clip, frame_thumbnails)
         clip = self.encoder.embed_clip.remote(clip)
+        text_vector = None if text is None else self.encoder.embed_text.remote(text)
         try:
-            body = await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion)
+            body = await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion, text_vector, text_weight)
         except Exception as e:
             raise to_api_error(e) from None
+        if text is not None:
+            body |= {"text": text, "text_weight": text_weight}
         body["took_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
         return body
