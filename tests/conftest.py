@@ -89,7 +89,11 @@ def catalog(tmp_path_factory, sample_rows) -> Path:
 def ray_session():
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Logical resources, not hardware: 4 CPU tokens so the `service` app, the full graph of
+    # configs/serve.yaml (test_deploy_runtime.py's `serve run` check) and the autoscaling check's second
+    # Encoder fit at once (each replica asks a fraction; they share the 2 real cores), and 1 GPU token so an
+    # ingestion asking num_gpus for its CLIP actors is scheduled (torch still finds no CUDA and runs on CPU).
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
     yield ray
     from ray import serve
 

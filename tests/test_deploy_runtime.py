@@ -1,0 +1,168 @@
+"""The deployment configs on a real Ray: `serve run configs/serve.yaml`, Encoder autoscaling, GPU actors.
+
+All of it runs on the session's one Ray cluster (conftest ``ray_session``), next to the session's
+``visual_search`` app, which must keep answering: apps here get their own names and route prefixes and are
+deleted by name, never with ``serve.shutdown()`` (which `serve run` calls on Ctrl-C, so its process is
+killed with SIGKILL instead).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ENCODER_SCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
+                   "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+
+
+def local_config(name: str, route_prefix: str, model: str, index: str) -> dict:
+    """configs/serve.yaml with only the app's name, route prefix, model and index changed."""
+    config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
+    (app,) = config["applications"]
+    app.update(name=name, route_prefix=route_prefix)
+    app["args"].update(model=model, index=index)
+    return config
+
+
+def wait_for(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def healthz(url: str) -> dict | None:
+    try:
+        response = httpx.get(url, timeout=5)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def running_replicas(app_name: str, deployment: str) -> int:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None or deployment not in app.deployments:
+        return 0
+    states = app.deployments[deployment].replica_states
+    return sum(n for state, n in states.items() if getattr(state, "value", state) == "RUNNING")
+
+
+def delete_app(name: str) -> None:
+    from ray import serve
+
+    serve.delete(name)
+    wait_for(lambda: name not in serve.status().applications, 60, f"app {name} to be deleted")
+
+
+def test_serve_run_starts_the_full_local_graph_and_answers_healthz(ray_session, service, ingested, served_model,
+                                                                  tmp_path):
+    from ray import serve
+
+    index, report = ingested
+    config = local_config("serve_run_check", "/serve-run-check", served_model, index)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).parent / "serve"
+    command = [str(serve_cli), "run", str(path), "--address", ray_session.get_runtime_context().gcs_address]
+    log = (tmp_path / "serve-run.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = service + "/serve-run-check/healthz"
+        try:
+            body = wait_for(lambda: process.poll() is None and healthz(url), 120, f"{url} to answer 200")
+        except AssertionError as e:
+            log.flush()
+            raise AssertionError(f"{e}; `serve run` said:\n{(tmp_path / 'serve-run.log').read_text()[-3000:]}") from None
+        assert body["status"] == "ok" and body["model_id"] == served_model
+        assert body["products"] == report.products_in_index and body["index"] == index
+        app = serve.status().applications["serve_run_check"]
+        assert set(app.deployments) == {d["name"] for d in config["applications"][0]["deployments"]}
+        assert all(running_replicas("serve_run_check", name) >= 1 for name in app.deployments)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # never SIGINT: `serve run` would then shut all of Serve down
+        process.wait(timeout=30)
+        log.close()
+    delete_app("serve_run_check")
+    assert healthz(service + "/healthz"), "the session's app must survive"
+
+
+def test_encoder_scales_out_under_load_and_back_in(ray_session, service, ingested, tiny_model):
+    from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    name = "autoscale_check"
+    config = local_config(name, "/autoscale-check", tiny_model, ingested[0])
+    encoder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Encoder")
+    encoder["autoscaling_config"] = ENCODER_SCALING
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))  # what `serve run` calls
+    try:
+        wait_for(lambda: running_replicas(name, "Encoder") == 1 and app_running(name), 90, "the app to start")
+        handle = serve.get_deployment_handle("Encoder", app_name=name)
+        stop, done = threading.Event(), []
+
+        def client(i: int) -> None:
+            while not stop.is_set():
+                vector = handle.embed_text.remote(f"a product photo number {i}").result(timeout_s=30)
+                done.append(len(vector))
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(6)]
+        for t in threads:
+            t.start()
+        try:
+            wait_for(lambda: running_replicas(name, "Encoder") == 2, 90, "a second Encoder replica under load")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+        assert done and set(done) == {len(handle.embed_text.remote("x").result(timeout_s=30))}
+        wait_for(lambda: running_replicas(name, "Encoder") == 1, 90, "scale-in to one Encoder after the load")
+    finally:
+        delete_app(name)
+    assert healthz(service + "/healthz"), "the session's app must survive"
+
+
+def app_running(app_name: str) -> bool:
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    return app is not None and getattr(app.status, "value", app.status) == "RUNNING"
+
+
+def test_ingestion_actors_ask_ray_for_the_configured_gpus(ray_session, sample_rows, tiny_model, tmp_path,
+                                                         monkeypatch):
+    """The session cluster has one logical GPU: the CLIP actor pool asks for it and the run completes (torch
+    finds no CUDA on this machine and embeds on CPU)."""
+    import ray.data
+
+    from batch_jobs.pipeline import IngestOptions, ingest
+    from batch_jobs.stages import EmbedImages
+
+    calls, original = [], ray.data.Dataset.map_batches
+
+    def recording_map_batches(self, fn, *args, **kwargs):
+        calls.append((fn, kwargs))
+        return original(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", recording_map_batches)
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in sample_rows[:4]))
+    options = IngestOptions(model=tiny_model, batch_size=4, embed_num_gpus=1, fetch_timeout_s=2.0)
+    report = ingest(str(catalog), str(tmp_path / "index"), options)
+    embed = [kwargs for fn, kwargs in calls if fn is EmbedImages]
+    assert len(embed) == 1 and embed[0]["num_gpus"] == 1
+    assert report.indexed == 4 and report.skipped == 0
