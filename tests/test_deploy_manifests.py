@@ -26,7 +26,8 @@ CRDS = ROOT.parent / "shared" / "kuberay-crds"
 MANIFESTS = {"RayService": (ROOT / "k8s" / "rayservice.yaml", "ray.io_rayservices.yaml"),
              "RayJob": (ROOT / "k8s" / "rayjob-ingest.yaml", "ray.io_rayjobs.yaml")}
 SECRET_ENV = {"VS_OPENSEARCH_USER", "VS_OPENSEARCH_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-PLAIN_ENV = {"VS_OPENSEARCH_CA_CERTS", "VS_OPENSEARCH_VERIFY_CERTS", "AWS_REGION", "VS_S3_ENDPOINT_URL"}
+PLAIN_ENV = {"VS_OPENSEARCH_CA_CERTS", "VS_OPENSEARCH_VERIFY_CERTS", "AWS_REGION", "AWS_DEFAULT_REGION",
+             "VS_S3_ENDPOINT_URL"}
 
 
 def load(kind: str) -> dict:
@@ -147,6 +148,7 @@ def test_credentials_come_only_from_secret_refs(kind):
         for var, entry in env.items():
             if re.search("PASSWORD|SECRET|TOKEN|ACCESS_KEY", var):
                 assert "value" not in entry, f"{group_name}: {var} has a literal value"
+        assert env["AWS_DEFAULT_REGION"]["value"] == env["AWS_REGION"]["value"]  # boto3 reads the former
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         ca = Path(env["VS_OPENSEARCH_CA_CERTS"]["value"])
         assert str(ca.parent) in mounts and mounts[str(ca.parent)]["readOnly"]
