@@ -57,6 +57,17 @@ class IngestOptions:
 
 
 MODES = ("new-version", "upsert")
+# Settings the workers need to reach S3 and OpenSearch; a local Ray's workers were started before the caller
+# may have set them, so they travel with the tasks (on KubeRay the pods have them anyway).
+WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+              "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "VS_S3_ENDPOINT_URL", "VS_OPENSEARCH_USER",
+              "VS_OPENSEARCH_PASSWORD", "VS_OPENSEARCH_CA_CERTS", "VS_OPENSEARCH_VERIFY_CERTS")
+
+
+def worker_runtime_env() -> dict:
+    """``{"runtime_env": {"env_vars": ...}}`` with the :data:`WORKER_ENV` variables set here ({} if none)."""
+    env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 @dataclass
@@ -220,10 +231,11 @@ def _run_pipeline(ray, products: list, options: IngestOptions, sink) -> None:
                             fn_kwargs={"model": options.model, "max_bytes": options.max_image_bytes,
                                        "timeout_s": options.fetch_timeout_s},
                             num_cpus=options.load_num_cpus,
-                            compute=ray.data.TaskPoolStrategy(size=options.load_concurrency))
+                            compute=ray.data.TaskPoolStrategy(size=options.load_concurrency),
+                            **worker_runtime_env())
         ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
                                                    "num_threads": options.embed_threads},
                             num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
                             compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
-        ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25})
+        ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25} | worker_runtime_env())

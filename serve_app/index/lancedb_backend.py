@@ -14,6 +14,7 @@ applied before the k-NN search and k results come back whenever ≥ k rows match
 
 import json
 import math
+import os
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -61,7 +62,8 @@ class LanceDBIndex(VectorIndex):
         self._follow_alias = version is None
         # Re-check the table version at most every READ_CONSISTENCY_S, so a long-running Retriever sees
         # re-ingestions (LanceDB's default never re-checks).
-        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=READ_CONSISTENCY_S))
+        self._db = lancedb.connect(uri, read_consistency_interval=timedelta(seconds=READ_CONSISTENCY_S),
+                                   storage_options=storage_options(uri))
         self._ann_checked_at, self._ann = -1e9, False
         state = self._read_state()
         if version is None and state["current"] is None and info is not None:
@@ -86,7 +88,8 @@ class LanceDBIndex(VectorIndex):
         """A new, empty, unpublished version (table) for ``info``'s model; the alias is not touched."""
         import lancedb
 
-        return cls(uri, version=_new_version(lancedb.connect(uri), uri, _read_state(uri), info), **options)
+        db = lancedb.connect(uri, storage_options=storage_options(uri))
+        return cls(uri, version=_new_version(db, uri, _read_state(uri), info), **options)
 
     def _open(self, version: str, info: IndexInfo) -> None:
         self.version, self.info = version, info
@@ -274,6 +277,19 @@ class LanceDBIndex(VectorIndex):
         table = self._scan(["product_id", "vector"])
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return table.column("product_id").to_pylist(), vectors.astype(np.float32)
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """LanceDB object-store options for an ``s3://`` URI: the endpoint of an S3-compatible store from
+    ``VS_S3_ENDPOINT_URL`` (plain HTTP allowed only when that URL says ``http://``) and the region; credentials
+    come from the usual ``AWS_*`` variables, read by LanceDB itself. ``None`` for local folders."""
+    if not uri.startswith("s3://"):
+        return None
+    options = {"aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = os.environ.get("VS_S3_ENDPOINT_URL")
+    if endpoint:
+        options |= {"aws_endpoint": endpoint, "allow_http": str(endpoint.startswith("http://")).lower()}
+    return options
 
 
 def _state_uri(uri: str) -> str:
