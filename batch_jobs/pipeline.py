@@ -65,7 +65,12 @@ WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
 
 
 def worker_runtime_env() -> dict:
-    """``{"runtime_env": {"env_vars": ...}}`` with the :data:`WORKER_ENV` variables set here ({} if none)."""
+    """``{"runtime_env": {"env_vars": ...}}`` with the :data:`WORKER_ENV` variables set here ({} if none).
+
+    Only for a Ray on this machine (no ``RAY_ADDRESS``): on a remote cluster the pods carry these settings
+    themselves, and secrets put in a runtime_env would be stored in the cluster's metadata and dashboard."""
+    if os.environ.get("RAY_ADDRESS"):
+        return {}
     env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
     return {"runtime_env": {"env_vars": env}} if env else {}
 

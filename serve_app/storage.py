@@ -1,7 +1,7 @@
 """Read and write objects at local paths, ``file://``, ``http(s)://`` and ``s3://`` URIs (no Ray import).
 
 S3 goes through boto3, which reads credentials and the endpoint from its usual environment variables
-(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``; ``AWS_ENDPOINT_URL`` or
+(``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``; ``AWS_ENDPOINT_URL`` or
 ``AWS_ENDPOINT_URL_S3`` for S3-compatible stores such as MinIO — see the boto3 "configuration" docs).
 HTTP goes through httpx with a bounded timeout and size. This module is for catalog objects, which the shop
 operator controls; shopper-supplied URLs go through :mod:`serve_app.url_fetch`, which adds SSRF checks.

@@ -4,7 +4,6 @@ computed here from the same model and the index's stored vectors."""
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 
