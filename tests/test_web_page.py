@@ -100,13 +100,17 @@ def test_drop_and_paste_an_image(page, sample_rows):
     payloads = [base64.b64encode(Path(r["image"]).read_bytes()).decode() for r in rows]
     make_transfer = """([b64, name]) => { const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const dt = new DataTransfer(); dt.items.add(new File([bytes], name, {type: 'image/png'})); return dt; }"""
+    searches = []
+    page.on("request", lambda r: searches.append(r.url) if r.url.endswith("/search/image") else None)
     dropped = page.evaluate_handle(make_transfer, [payloads[0], "dropped.png"])
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": dropped})
     assert _wait_results(page)[0]["id"] == rows[0]["product_id"]
+    assert len(searches) == 1  # one drop, one search
     page.evaluate(f"""([b64, name]) => document.dispatchEvent(new ClipboardEvent('paste',
         {{clipboardData: ({make_transfer})([b64, name]), bubbles: true}}))""", [payloads[1], "pasted.png"])
     page.wait_for_function("id => document.querySelector('#results .card')?.dataset.productId === id",
                            arg=rows[1]["product_id"])
+    assert len(searches) == 2
 
 
 def test_text_query_shows_k_results_and_fits_a_phone(page, http):

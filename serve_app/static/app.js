@@ -199,6 +199,7 @@ function wireDropZone(zone) {
   zone.addEventListener("dragleave", () => zone.classList.remove("over"));
   zone.addEventListener("drop", (e) => {
     e.preventDefault();
+    e.stopPropagation(); // the window's drop handler would take the same file again
     zone.classList.remove("over");
     takeFile(e.dataTransfer.files[0]);
   });
