@@ -198,6 +198,36 @@ def test_duplicates_mode_shows_match_percent_and_distance(page, sample_rows):
     page.screenshot(path=str(SHOTS / "duplicates.png"), full_page=True)
 
 
+def test_soft_text_filter_sends_text_only_when_given_and_shows_the_score_breakdown(page, http, sample_rows):
+    row = sample_rows[7]
+    # Chromium does not expose multipart bodies with files to Playwright: record the form fields the page sends.
+    page.evaluate("""() => { window.sentFields = []; const original = window.fetch;
+        window.fetch = (url, options) => { if (options && options.body instanceof FormData)
+            window.sentFields.push([...options.body.keys()]); return original(url, options); }; }""")
+    last_fields = "window.sentFields[window.sentFields.length - 1]"
+    assert page.is_visible("#soft-filter")  # /search/image takes `text`: the control is offered
+    page.fill("#soft-text", "a red fruit")
+    page.fill("#soft-weight", "0.5")
+    assert page.inner_text("#soft-weight-value") == "0.50"
+    page.set_input_files("#image-file", row["image"])
+    cards = _wait_results(page, 10)
+    assert {"file", "k", "text", "text_weight"} <= set(page.evaluate(last_fields))
+    with open(row["image"], "rb") as f:
+        expected = http.post("/search/image", files={"file": ("q.png", f, "image/png")},
+                             data={"k": "10", "text": "a red fruit", "text_weight": "0.5"}).json()["results"]
+    assert [c["id"] for c in cards] == [r["product_id"] for r in expected]
+    for card, result in zip(cards, expected):
+        assert f"score {result['score']:.3f}" in card["text"]
+        assert f"image {result['image_score']:.3f} · text {result['text_score']:.3f}" in card["text"]
+    page.screenshot(path=str(SHOTS / "soft-filter.png"), full_page=True)
+    page.fill("#soft-text", "")
+    page.click("#search-button")
+    page.wait_for_function("document.querySelector('#results .card')?.innerText.includes('score 1.000')")
+    assert page.evaluate(last_fields) == ["file", "k"] and not page.query_selector("#results .breakdown")
+    page.click("[data-mode=video]")
+    assert page.is_visible("#soft-filter")
+
+
 def test_modes_appear_only_when_the_service_has_their_endpoint(browser, service):
     def without_video_and_duplicates(route):
         spec = route.fetch().json()  # the service's real answer, minus two endpoints
