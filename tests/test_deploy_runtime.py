@@ -19,10 +19,11 @@ import httpx
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# target_ongoing_requests 0.5: the test process's client threads (one GIL) cannot keep many requests in flight
-# at the replica, and with a target of 1 a fast replica averaged below it and never scaled out (measured).
+# Handles and replicas push autoscaling metrics every 10 s (Ray 2.60 RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S),
+# so the look-back window must span a push: with 1 s it often held no data and the Encoder never scaled out.
+# target_ongoing_requests 0.5 because one test process's client threads keep only a few requests in flight.
 ENCODER_SCALING = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 0.5, "upscale_delay_s": 1,
-                   "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 1}
+                   "downscale_delay_s": 3, "look_back_period_s": 15}
 
 
 def local_config(name: str, route_prefix: str, model: str, index: str) -> dict:
@@ -69,39 +70,6 @@ def delete_app(name: str) -> None:
     wait_for(lambda: name not in serve.status().applications, 60, f"app {name} to be deleted")
 
 
-def test_serve_run_starts_the_full_local_graph_and_answers_healthz(ray_session, service, ingested, served_model,
-                                                                  tmp_path):
-    from ray import serve
-
-    index, report = ingested
-    config = local_config("serve_run_check", "/serve-run-check", served_model, index)
-    path = tmp_path / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    serve_cli = Path(sys.executable).parent / "serve"
-    command = [str(serve_cli), "run", str(path), "--address", ray_session.get_runtime_context().gcs_address]
-    log = (tmp_path / "serve-run.log").open("w")
-    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"RAY_AUTH_MODE": "disabled"},
-                               stdout=log, stderr=subprocess.STDOUT)
-    try:
-        url = service + "/serve-run-check/healthz"
-        try:
-            body = wait_for(lambda: process.poll() is None and healthz(url), 120, f"{url} to answer 200")
-        except AssertionError as e:
-            log.flush()
-            raise AssertionError(f"{e}; `serve run` said:\n{(tmp_path / 'serve-run.log').read_text()[-3000:]}") from None
-        assert body["status"] == "ok" and body["model_id"] == served_model
-        assert body["products"] == report.products_in_index and body["index"] == index
-        app = serve.status().applications["serve_run_check"]
-        assert set(app.deployments) == {d["name"] for d in config["applications"][0]["deployments"]}
-        assert all(running_replicas("serve_run_check", name) >= 1 for name in app.deployments)
-    finally:
-        os.kill(process.pid, signal.SIGKILL)  # never SIGINT: `serve run` would then shut all of Serve down
-        process.wait(timeout=30)
-        log.close()
-    delete_app("serve_run_check")
-    assert healthz(service + "/healthz"), "the session's app must survive"
-
-
 def test_encoder_scales_out_under_load_and_back_in(ray_session, service, ingested, tiny_model, sample_rows):
     from ray import serve
     from ray.serve.context import _get_global_client
@@ -142,6 +110,39 @@ def test_encoder_scales_out_under_load_and_back_in(ray_session, service, ingeste
         wait_for(lambda: running_replicas(name, "Encoder") == 1, 90, "scale-in to one Encoder after the load")
     finally:
         delete_app(name)
+    assert healthz(service + "/healthz"), "the session's app must survive"
+
+
+def test_serve_run_starts_the_full_local_graph_and_answers_healthz(ray_session, service, ingested, served_model,
+                                                                  tmp_path):
+    from ray import serve
+
+    index, report = ingested
+    config = local_config("serve_run_check", "/serve-run-check", served_model, index)
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve_cli = Path(sys.executable).parent / "serve"
+    command = [str(serve_cli), "run", str(path), "--address", ray_session.get_runtime_context().gcs_address]
+    log = (tmp_path / "serve-run.log").open("w")
+    process = subprocess.Popen(command, cwd=ROOT, env=os.environ | {"RAY_AUTH_MODE": "disabled"},
+                               stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = service + "/serve-run-check/healthz"
+        try:
+            body = wait_for(lambda: process.poll() is None and healthz(url), 120, f"{url} to answer 200")
+        except AssertionError as e:
+            log.flush()
+            raise AssertionError(f"{e}; `serve run` said:\n{(tmp_path / 'serve-run.log').read_text()[-3000:]}") from None
+        assert body["status"] == "ok" and body["model_id"] == served_model
+        assert body["products"] == report.products_in_index and body["index"] == index
+        app = serve.status().applications["serve_run_check"]
+        assert set(app.deployments) == {d["name"] for d in config["applications"][0]["deployments"]}
+        assert all(running_replicas("serve_run_check", name) >= 1 for name in app.deployments)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)  # never SIGINT: `serve run` would then shut all of Serve down
+        process.wait(timeout=30)
+        log.close()
+    delete_app("serve_run_check")
     assert healthz(service + "/healthz"), "the session's app must survive"
 
 
