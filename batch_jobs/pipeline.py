@@ -195,21 +195,21 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     result.bad_rows += sink.failed
     result.skipped = len(result.bad_rows)
     result.near_duplicates = sink.near_duplicates
-    result.products_in_index = open_index(index).count() if result.published or _has_index(index) else 0
+    result.products_in_index = _products_in_index(index)
     result.seconds = round(time.perf_counter() - started, 3)
     result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
     storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
     return result
 
 
-def _has_index(uri: str) -> bool:
+def _products_in_index(uri: str) -> int:
+    """Products the alias now serves (0 when no version was ever published)."""
     from serve_app.index import IndexOpenError
 
     try:
-        open_index(uri)
+        return open_index(uri).count()
     except IndexOpenError:
-        return False
-    return True
+        return 0
 
 
 def _target_version(index: str, info: IndexInfo, options: IngestOptions):

@@ -7,6 +7,7 @@ product embedding, identical across backends for the same data.
 
 import abc
 import asyncio
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -20,6 +21,13 @@ from serve_app.filters import KEYWORD_FIELDS, NUMERIC_FIELDS, Clause
 METADATA_FIELDS = ("product_id", "title", "category", "brand", "price", "image_url", "attributes")
 FACET_FIELDS = tuple(f for f in KEYWORD_FIELDS if f != "product_id")  # value counts in VectorIndex.facets
 RANGE_FIELDS = NUMERIC_FIELDS  # min/max in VectorIndex.facets
+
+
+def product_metadata(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row's :data:`METADATA_FIELDS` (``attributes`` JSON expanded into keys; the named fields win)."""
+    meta = {k: row.get(k) for k in METADATA_FIELDS if k != "attributes"}
+    attributes = json.loads(row["attributes"]) if row.get("attributes") else {}
+    return attributes | meta
 
 
 class IndexOpenError(RuntimeError):

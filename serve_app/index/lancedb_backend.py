@@ -25,8 +25,8 @@ import pyarrow as pa
 from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
 from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
-                                  version_name, version_number,
-                                  IndexOpenError, VectorIndex, row_schema, stored_schema)
+                                  IndexOpenError, VectorIndex, product_metadata, row_schema, stored_schema,
+                                  version_name, version_number)
 from serve_app.phash import pack_bits
 
 TABLE = "products"  # the alias; physical tables are version_name(TABLE, model, N)
@@ -112,7 +112,7 @@ class LanceDBIndex(VectorIndex):
         return _read_state(self.uri)
 
     def _write_state(self, state: dict) -> None:
-        storage.write_bytes(_state_uri(self.uri), json.dumps(state, indent=2).encode())
+        _write_state(self.uri, state)
 
     def publish(self, keep: int = 2) -> list[str]:
         state = self._read_state()
@@ -191,7 +191,7 @@ class LanceDBIndex(VectorIndex):
         for i, row in enumerate(table.to_pylist()):
             row.pop("query_index", None)
             score = 1.0 - float(row.pop("_distance"))
-            hits[query_index[i] if query_index else 0].append(Hit(row["product_id"], score, _metadata(row)))
+            hits[query_index[i] if query_index else 0].append(Hit(row["product_id"], score, product_metadata(row)))
         for h in hits:
             h.sort(key=lambda hit: -hit.score)
         return hits
@@ -215,7 +215,7 @@ class LanceDBIndex(VectorIndex):
             distance = int(round(row.pop("_distance")))
             if distance <= max_distance:
                 hits[query_index[i] if query_index else 0].append(
-                    HashHit(row["product_id"], distance, _metadata(row) | {"phash": row["phash"]}))
+                    HashHit(row["product_id"], distance, product_metadata(row) | {"phash": row["phash"]}))
         for h in hits:
             h.sort(key=lambda hit: (hit.distance, hit.product_id))
         return hits
@@ -248,7 +248,7 @@ class LanceDBIndex(VectorIndex):
             return []
         rows = (self._table.search().where(_ids_in(product_ids)).select(list(METADATA_FIELDS) + ["phash"])
                 .limit(len(product_ids)).to_arrow().to_pylist())
-        return [_metadata(r) | {"phash": r["phash"]} for r in rows]
+        return [product_metadata(r) | {"phash": r["phash"]} for r in rows]
 
     def facets(self) -> dict[str, Any]:
         """Reads only the facet and range columns; counts with ``pyarrow.compute.value_counts`` and
@@ -308,21 +308,21 @@ def _read_state(uri: str) -> dict:
     return state
 
 
+def _write_state(uri: str, state: dict) -> None:
+    """Rewrite the alias file in one atomic write (see :func:`serve_app.storage.write_bytes`)."""
+    storage.write_bytes(_state_uri(uri), json.dumps(state, indent=2).encode())
+
+
 def _new_version(db, uri: str, state: dict, info: IndexInfo) -> str:
     """Create the next version's empty table and record it (unpublished) in the alias file."""
     number = max((version_number(v) for v in state["versions"]), default=0) + 1
     name = version_name(TABLE, info.model_id, number)
     db.create_table(name, schema=stored_schema(info.dim), exist_ok=True)
     state["versions"][name] = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights}
-    storage.write_bytes(_state_uri(uri), json.dumps(state, indent=2).encode())
+    _write_state(uri, state)
     return name
 
 
 def _ids_in(product_ids: list[str]) -> str:
     return f"product_id IN ({', '.join(sql_string(p) for p in product_ids)})"
 
-
-def _metadata(row: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: row.get(k) for k in METADATA_FIELDS if k != "attributes"}
-    attributes = json.loads(row["attributes"]) if row.get("attributes") else {}
-    return attributes | meta

@@ -11,7 +11,6 @@ Request bodies are built in :mod:`serve_app.index.opensearch_bodies`; ``score`` 
 equals the LanceDB backend's for the same data.
 """
 
-import json
 import logging
 import os
 import time
@@ -23,8 +22,8 @@ import pyarrow as pa
 
 from serve_app.filters import Clause
 from serve_app.index import opensearch_bodies as bodies
-from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
-                                  IndexOpenError, VectorIndex, row_schema, version_name, version_number)
+from serve_app.index.base import (FACET_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError,
+                                  VectorIndex, product_metadata, row_schema, version_name, version_number)
 from serve_app.phash import hamming_distance
 
 log = logging.getLogger("visual_search.opensearch")
@@ -288,7 +287,7 @@ class OpenSearchIndex(VectorIndex):
                 source = doc["_source"]
                 distance = hamming_distance(int(query_hash), int(source["phash"]))
                 if distance <= max_distance:
-                    found.append(HashHit(source["product_id"], distance, _metadata(source) | {"phash": source["phash"]}))
+                    found.append(HashHit(source["product_id"], distance, product_metadata(source) | {"phash": source["phash"]}))
             results.append(sorted(found, key=lambda h: (h.distance, h.product_id)))
         return results
 
@@ -303,7 +302,7 @@ class OpenSearchIndex(VectorIndex):
                 for d in self._mget(product_ids, ["product_id", "vector"])}
 
     def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
-        return [_metadata(d) | {"phash": d["phash"]} for d in self._mget(product_ids, bodies.SOURCE_FIELDS)]
+        return [product_metadata(d) | {"phash": d["phash"]} for d in self._mget(product_ids, bodies.SOURCE_FIELDS)]
 
     def hashes(self) -> tuple[list[str], np.ndarray]:
         from opensearchpy import helpers
@@ -340,10 +339,5 @@ def _ok(response: dict[str, Any]) -> dict[str, Any]:
 
 def _hits(answer: dict[str, Any]) -> list[Hit]:
     return [Hit(d["_source"]["product_id"], bodies.innerproduct_score_to_cosine(float(d["_score"])),
-                _metadata(d["_source"])) for d in answer["hits"]["hits"]]
+                product_metadata(d["_source"])) for d in answer["hits"]["hits"]]
 
-
-def _metadata(source: dict[str, Any]) -> dict[str, Any]:
-    meta = {k: source.get(k) for k in METADATA_FIELDS if k != "attributes"}
-    attributes = json.loads(source["attributes"]) if source.get("attributes") else {}
-    return attributes | meta
