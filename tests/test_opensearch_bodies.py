@@ -44,8 +44,12 @@ def test_filter_goes_inside_the_knn_clause():
 
 
 def test_exact_hamming_query_and_binary_bytes():
-    body = bodies.hamming_body(0x0102030405060708, 10, parse_filters({"category": "kitchen"}))
+    body = bodies.hamming_body(0x0102030405060708, 10, parse_filters({"category": "kitchen"}), max_distance=12)
     assert body == golden("hamming_exact.json")
+    assert "min_score" not in bodies.hamming_body(0, 10)
+    lines = bodies.hamming_msearch_body("products", [1, -1], 3, max_distance=5)
+    assert [line for line in lines[::2]] == [{"index": "products"}] * 2
+    assert lines[1::2] == [bodies.hamming_body(1, 3, None, 5), bodies.hamming_body(-1, 3, None, 5)]
     for h in (0, -1, -(2**63), 2**63 - 1, 0x7F80FF0012345678, -1234567890123):
         as_bytes = bodies.phash_bytes(h)
         assert all(-128 <= b <= 127 for b in as_bytes) and len(as_bytes) == 8  # int8, 64 bits
@@ -69,9 +73,12 @@ def test_innerproduct_score_maps_back_to_cosine(cosine):
     assert bodies.innerproduct_score_to_cosine(score) == pytest.approx(cosine, abs=1e-9)
 
 
-@pytest.mark.parametrize("d", [0, 1, 7, 32, 64])
-def test_hamming_score_maps_back_to_bits(d):
-    assert bodies.hamming_score_to_distance(1 / (1 + d)) == d
+@pytest.mark.parametrize("max_distance", [0, 1, 7, 12, 32, 63])
+def test_hamming_min_score_keeps_exactly_the_hits_within_max_distance(max_distance):
+    min_score = bodies.hamming_min_score(max_distance)
+    for d in range(65):
+        score = float(np.float32(1 / (1 + d)))  # the docs' hamming score, as the cluster's float32 carries it
+        assert (score >= min_score) == (d <= max_distance), d
 
 
 def test_uri_forms_and_credentials_from_environment(monkeypatch):

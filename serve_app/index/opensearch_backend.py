@@ -28,6 +28,7 @@ from serve_app.phash import hamming_distance
 
 log = logging.getLogger("visual_search.opensearch")
 READ_CONSISTENCY_S = 10.0
+HAMMING_MSEARCH_CHUNK = 100  # exact Hamming queries per ``_msearch`` (each is a scan of the filtered docs)
 NEW_VERSION = "<new>"  # ``version=NEW_VERSION``: create the next physical index
 SCHEMES = ("http://", "https://", "opensearch://", "opensearch+http://")
 
@@ -276,12 +277,19 @@ class OpenSearchIndex(VectorIndex):
 
     def hamming_search(self, hashes: list[int], k: int, max_distance: int = 64,
                        filters: list[Clause] | None = None) -> list[list[HashHit]]:
-        """Exact Hamming k-NN (``knn_score`` script on the binary field); distances recomputed from the stored
-        int64 pHash, so they are exact integers whatever the score's float rounding."""
+        """Exact Hamming k-NN (``knn_score`` script on the binary field), ``HAMMING_MSEARCH_CHUNK`` hashes per
+        ``_msearch`` round trip (an ingestion block checks all its rows at once) and hits beyond ``max_distance``
+        dropped by the cluster (``min_score``). Distances are recomputed from the stored int64 pHash, so they
+        are exact integers whatever the score's float rounding."""
         self._refresh_alias()
+        hashes = [int(h) for h in hashes]
+        responses: list[dict] = []
+        for start in range(0, len(hashes), HAMMING_MSEARCH_CHUNK):
+            chunk = hashes[start:start + HAMMING_MSEARCH_CHUNK]
+            body = bodies.hamming_msearch_body(self._target(), chunk, k, filters, max_distance)
+            responses += [_ok(r) for r in self.client.msearch(body=body)["responses"]]
         results = []
-        for query_hash in hashes:
-            answer = self.client.search(index=self._target(), body=bodies.hamming_body(int(query_hash), k, filters))
+        for query_hash, answer in zip(hashes, responses):
             found = []
             for doc in answer["hits"]["hits"]:
                 source = doc["_source"]

@@ -101,9 +101,13 @@ def phash_bytes(phash: int) -> list[int]:
     return [int(b) for b in np.array([phash], dtype=">i8").view(np.int8)]
 
 
-def hamming_body(phash: int, k: int, clauses: list[Clause] | None = None) -> dict[str, Any]:
-    """Exact Hamming k-NN over the binary pHash field (``knn_score`` script, score = 1 / (1 + d))."""
-    return {
+def hamming_body(phash: int, k: int, clauses: list[Clause] | None = None,
+                 max_distance: int | None = None) -> dict[str, Any]:
+    """Exact Hamming k-NN over the binary pHash field (``knn_score`` script, score = 1 / (1 + d)).
+
+    With ``max_distance`` the cluster drops hits farther than that many bits (``min_score``, see
+    :func:`hamming_min_score`) instead of returning ``k`` hits the caller throws away."""
+    body: dict[str, Any] = {
         "size": k,
         "_source": SOURCE_FIELDS,
         "query": {"script_score": {
@@ -112,6 +116,27 @@ def hamming_body(phash: int, k: int, clauses: list[Clause] | None = None) -> dic
                        "params": {"field": PHASH_FIELD, "query_value": phash_bytes(phash), "space_type": "hamming"}},
         }},
     }
+    if max_distance is not None:
+        body["min_score"] = hamming_min_score(max_distance)
+    return body
+
+
+def hamming_msearch_body(index: str, hashes: list[int], k: int, clauses: list[Clause] | None = None,
+                         max_distance: int | None = None) -> list[dict]:
+    """``_msearch`` lines for ``Q`` exact Hamming queries: ``[header, body] × Q``."""
+    lines: list[dict] = []
+    for phash in hashes:
+        lines += [{"index": index}, hamming_body(int(phash), k, clauses, max_distance)]
+    return lines
+
+
+def hamming_min_score(max_distance: int) -> float:
+    """The ``min_score`` keeping exactly the hits with ``d ≤ max_distance`` bits under ``score = 1 / (1 + d)``
+    (docs.opensearch.org, *Exact k-NN with scoring script → Spaces*, hamming). It sits half a bit beyond
+    ``max_distance`` so a score rounded to float32 at ``d = max_distance`` is still kept."""
+    if max_distance < 0:
+        raise ValueError(f"max_distance must be ≥ 0 bits, got {max_distance}")
+    return 1.0 / (1.0 + max_distance + 0.5)
 
 
 def alias_switch_actions(alias: str, new_index: str, old_indices: list[str]) -> dict[str, Any]:
@@ -132,8 +157,3 @@ def innerproduct_score_to_cosine(score: float) -> float:
     """Invert the faiss ``innerproduct`` score: ``d = −x·y``; score = 1/(1 + d) if d ≥ 0 else 1 − d
     (docs.opensearch.org, *k-NN vector → Spaces*). On L2-normalised vectors ``x·y`` is the cosine."""
     return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
-
-
-def hamming_score_to_distance(score: float) -> int:
-    """Invert ``score = 1 / (1 + d)`` of the ``hamming`` space to ``d`` in bits."""
-    return int(round(1.0 / score - 1.0))
