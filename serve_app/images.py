@@ -45,6 +45,41 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
+def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Identify image bytes and check their size from the header alone; no pixel is decoded (microseconds).
+
+    The ingress calls this on every upload before sending it to a replica, so a file that is not an image is
+    refused there (415) instead of raising inside the Encoder, where Serve logs a traceback per request.
+
+    Args:
+        data: the encoded file.
+        max_pixels: refuse images with more pixels than this (decompression bombs).
+
+    Returns:
+        The lazily opened PIL image (its pixels not yet loaded).
+
+    Raises:
+        UnsupportedImageError: empty, or not in a format Pillow identifies.
+        ImageDecodeError: a header Pillow cannot parse, or larger than ``max_pixels``.
+    """
+    if not data:
+        raise UnsupportedImageError("empty file: expected an image (JPEG, PNG, WebP, GIF, BMP or TIFF)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise UnsupportedImageError(
+            f"not an image: cannot identify the {len(data)}-byte file as JPEG, PNG, WebP, GIF, BMP or TIFF"
+        ) from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(f"corrupt or truncated image: {e}") from e
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+    return image
+
+
 def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode image bytes (JPEG, PNG, WebP, GIF first frame, BMP, TIFF) into an RGB PIL image.
 
@@ -59,23 +94,11 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image
         UnsupportedImageError: empty, or not in a format Pillow identifies.
         ImageDecodeError: truncated/corrupt, or larger than ``max_pixels``.
     """
-    if not data:
-        raise UnsupportedImageError("empty file: expected an image (JPEG, PNG, WebP, GIF, BMP or TIFF)")
+    image = open_image(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
             image.load()
-    except ImageDecodeError:
-        raise
-    except UnidentifiedImageError as e:
-        raise UnsupportedImageError(
-            f"not an image: cannot identify the {len(data)}-byte file as JPEG, PNG, WebP, GIF, BMP or TIFF"
-        ) from e
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageDecodeError(f"corrupt or truncated image: {e}") from e
     return to_rgb(image)

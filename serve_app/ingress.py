@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.config import AppArgs
 from serve_app.errors import ApiError, error_response, to_api_error
 from serve_app.filters import FilterError, parse_filters
+from serve_app.images import ImageDecodeError, open_image
 from serve_app.thumbnails import DEFAULT_SIZE, ByteLRU, clamp_size, etag
 from serve_app.url_fetch import fetch_image_url
 
@@ -134,6 +135,14 @@ class Ingress:
             raise ApiError(413, "payload_too_large", f"uploaded file is over the {limit}-byte limit")
         return data
 
+    def _check_image(self, data: bytes) -> None:
+        """415/400 here, from the header alone, for bytes that are not an image or are too large: the replicas
+        then only see identifiable images (a truncated body is still found when the Encoder decodes it)."""
+        try:
+            open_image(data, self.args.max_image_pixels)
+        except ImageDecodeError as e:
+            raise to_api_error(e) from None
+
     async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
         try:
             rows = await self.retriever.search.remote(vector_response, k, filters)
@@ -217,6 +226,7 @@ class Ingress:
                                              self.args.image_url_allow_networks)
             except Exception as e:
                 raise to_api_error(e) from None
+        self._check_image(data)
         vector = self.encoder.embed_image.remote(data)
         if text is None:
             results = await self._search(vector, k, parsed_filters)
@@ -232,6 +242,7 @@ class Ingress:
     async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str) -> dict:
         started = time.perf_counter()
         max_distance = self.args.dedup_max_distance if max_distance is None else max_distance
+        self._check_image(data)
         vector = self.encoder.embed_image.remote(data) if mode == "robust" else None
         thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
                       "confirm_min_score": self.args.dedup_confirm_min_score}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve_app.images import ImageDecodeError, UnsupportedImageError, decode_image
+from serve_app.images import ImageDecodeError, UnsupportedImageError, decode_image, open_image
 from serve_app.phash import hamming_distance, hamming_distances, match_percent, phash64, to_hex
 
 
@@ -62,6 +62,23 @@ def test_bad_bytes_raise_specific_errors(data, error):
 def test_decompression_bomb_is_refused():
     with pytest.raises(ImageDecodeError, match="pixels"):
         decode_image(_encode(Image.new("L", (2000, 2000)), "PNG"), max_pixels=1_000_000)
+
+
+def test_the_header_check_refuses_non_images_and_bombs_like_decoding():
+    """open_image (the ingress's check) refuses non-images and bombs like decode_image; a truncated body has a
+    valid header, so only decoding finds it."""
+    for data in (b"", b"plain text"):
+        with pytest.raises(UnsupportedImageError):
+            open_image(data)
+    with pytest.raises(ImageDecodeError, match="pixels"):
+        open_image(_encode(Image.new("L", (2000, 2000)), "PNG"), max_pixels=1_000_000)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    truncated = _encode(noise, "PNG")[:400]
+    assert open_image(truncated).size == (64, 64)
+    with pytest.raises(ImageDecodeError):
+        decode_image(truncated)
+    whole = open_image(_encode(noise, "PNG"))
+    assert np.array_equal(np.asarray(whole.convert("RGB")), np.asarray(noise))
 
 
 def test_phash_matches_imagehash_bit_for_bit():
