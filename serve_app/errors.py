@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 
 from serve_app.filters import FilterError
 from serve_app.images import ImageDecodeError, UnsupportedImageError
+from serve_app.index.base import QueryDimensionError
 from serve_app.thumbnails import ProductNotFound, ThumbnailUnavailable
 from serve_app.url_fetch import UrlFetchError
 from serve_app.video import NoFramesError, VideoDecodeError, VideoLimitError
@@ -54,6 +55,8 @@ def to_api_error(e: BaseException) -> ApiError:
         return ApiError(cause.status, cause.code, str(cause))
     if isinstance(cause, ProductNotFound):
         return ApiError(404, "not_found", str(cause))
+    if isinstance(cause, QueryDimensionError):
+        return ApiError(503, "model_index_mismatch", str(cause))
     if isinstance(cause, ThumbnailUnavailable):
         return ApiError(502, "thumbnail_unavailable", str(cause))
     return ApiError(500, "internal_error", f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")

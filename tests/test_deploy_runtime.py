@@ -151,6 +151,41 @@ def test_serve_run_starts_the_full_local_graph_and_answers_healthz(ray_session, 
     assert healthz(service + "/healthz"), "the session's app must survive"
 
 
+def test_a_model_of_another_dimension_than_the_index_answers_503_naming_both(ray_session, service, ingested,
+                                                                          tiny_model, sample_rows):
+    """The index was built with the 512-d served model; an app serving the 64-d tiny model over it (what an
+    alias switch to a re-embedded version looks like before the Encoder is redeployed) says so on /healthz and
+    on every search, as a 503 naming both dimensions, instead of a 500."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    name, prefix = "mismatch_check", "/mismatch-check"
+    serve.run(build_app({"model": tiny_model, "index": ingested[0]}), name=name, route_prefix=prefix,
+              blocking=False)
+    try:
+        base = service + prefix
+        wait_for(lambda: app_running(name), 120, "the app to start")
+        health = httpx.get(base + "/healthz", timeout=30)
+        photo = Path(sample_rows[0]["image"]).read_bytes()
+        answers = {
+            "healthz": health,
+            "text": httpx.post(base + "/search/text", json={"query": "a pineapple", "k": 3}, timeout=60),
+            "image": httpx.post(base + "/search/image", files={"file": ("p.png", photo)}, data={"k": "3"},
+                                timeout=60),
+            "image+text": httpx.post(base + "/search/image", files={"file": ("p.png", photo)},
+                                     data={"k": "3", "text": "fruit"}, timeout=60),
+        }
+        for what, response in answers.items():
+            assert response.status_code == 503, (what, response.status_code, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "model_index_mismatch", (what, error)
+            assert "64-d" in error["message"] and "512-d" in error["message"], (what, error)
+    finally:
+        delete_app(name)
+    assert healthz(service + "/healthz"), "the session's app must survive"
+
+
 def app_running(app_name: str) -> bool:
     from ray import serve
 

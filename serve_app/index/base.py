@@ -34,6 +34,28 @@ class IndexOpenError(RuntimeError):
     """The index cannot be opened or used (missing, wrong dimension, wrong model, refused credentials)."""
 
 
+class QueryDimensionError(ValueError):
+    """Query embeddings of another dimension than the index's: the served model is not the one the index was
+    built with (e.g. the alias moved to a re-embedded version before the Encoder was redeployed)."""
+
+
+def check_query_vectors(vectors: np.ndarray, info: "IndexInfo") -> np.ndarray:
+    """``vectors`` as float32 ``(Q, D)`` with ``D`` the index's dimension.
+
+    Raises:
+        ValueError: not a 2-d array.
+        QueryDimensionError: ``D`` differs from ``info.dim``.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"query vectors must have shape (Q, {info.dim}), got {vectors.shape}")
+    if vectors.shape[1] != info.dim:
+        raise QueryDimensionError(
+            f"query embeddings are {vectors.shape[1]}-d but the index holds {info.dim}-d embeddings from "
+            f"{info.model_id!r}: serve the model the index was built with, or re-ingest with this one")
+    return vectors
+
+
 def version_name(alias: str, model_id: str, number: int) -> str:
     """Physical index name of one ingestion: ``<alias>-<model slug>-v<number>``, lower case (OpenSearch rule).
 

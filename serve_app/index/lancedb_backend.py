@@ -25,7 +25,7 @@ import pyarrow as pa
 from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
 from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
-                                  IndexOpenError, VectorIndex, product_metadata, row_schema, stored_schema,
+                                  IndexOpenError, VectorIndex, check_query_vectors, product_metadata, row_schema, stored_schema,
                                   version_name, version_number)
 from serve_app.phash import pack_bits
 
@@ -172,9 +172,7 @@ class LanceDBIndex(VectorIndex):
             self._ann_checked_at = -1e9
 
     def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.info.dim:
-            raise ValueError(f"query vectors must have shape (Q, {self.info.dim}), got {vectors.shape}")
+        vectors = check_query_vectors(vectors, self.info)
         n_queries = len(vectors)
         if n_queries == 0:
             return []

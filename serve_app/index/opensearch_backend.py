@@ -23,7 +23,7 @@ import pyarrow as pa
 from serve_app.filters import Clause
 from serve_app.index import opensearch_bodies as bodies
 from serve_app.index.base import (FACET_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError,
-                                  VectorIndex, product_metadata, row_schema, version_name, version_number)
+                                  VectorIndex, check_query_vectors, product_metadata, row_schema, version_name, version_number)
 from serve_app.phash import hamming_distance
 
 log = logging.getLogger("visual_search.opensearch")
@@ -246,16 +246,10 @@ class OpenSearchIndex(VectorIndex):
     def _target(self) -> str:
         return self.alias if self._follow_alias else self.version
 
-    def _check(self, vectors: np.ndarray) -> np.ndarray:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.info.dim:
-            raise ValueError(f"query vectors must have shape (Q, {self.info.dim}), got {vectors.shape}")
-        return vectors
-
     def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
         """k-NN with the filter inside the ``knn`` clause; several queries go in one ``_msearch``."""
         self._refresh_alias()
-        vectors = self._check(vectors)
+        vectors = check_query_vectors(vectors, self.info)
         if len(vectors) == 0:
             return []
         if len(vectors) == 1:
@@ -267,7 +261,7 @@ class OpenSearchIndex(VectorIndex):
         """:meth:`search` through ``AsyncOpenSearch`` (created on first use, in the caller's event loop)."""
         from opensearchpy import AsyncOpenSearch
 
-        vectors = self._check(vectors)
+        vectors = check_query_vectors(vectors, self.info)
         if len(vectors) == 0:
             return []
         if self._async_client is None:
