@@ -17,6 +17,7 @@ import pytest
 
 from serve_app.filters import parse_filters
 from serve_app.index import IndexInfo, IndexOpenError, create_version, open_index, row_schema
+from serve_app.index.base import QueryDimensionError
 
 DIM = 32
 N = 2000
@@ -226,3 +227,5 @@ def test_unpublished_version_can_be_dropped_and_empty_location_is_an_error(backe
     assert open_index(uri).version == current.version
     with pytest.raises(IndexOpenError, match="dimensional"):
         open_index(uri, IndexInfo("model-x", DIM * 2))
+    with pytest.raises(QueryDimensionError, match=f"{DIM + 1}-d but the index holds {DIM}-d"):
+        current.search(np.ones((1, DIM + 1), np.float32), 3)
