@@ -8,6 +8,7 @@ import pytest
 
 from serve_app.filters import parse_filters
 from serve_app.index import IndexInfo, IndexOpenError, open_index, row_schema
+from serve_app.index.base import QueryDimensionError
 
 DIM = 32
 
@@ -102,6 +103,8 @@ def test_ann_index_after_bulk_load_keeps_recall(tmp_path):
 def test_query_shape_is_checked(tmp_path):
     index = open_index(str(tmp_path), IndexInfo("m", DIM))
     with pytest.raises(ValueError, match="shape"):
+        index.search(np.zeros(DIM, np.float32), 5)  # one query must still be (1, D)
+    with pytest.raises(QueryDimensionError, match=f"{DIM + 1}-d but the index holds {DIM}-d embeddings from 'm'"):
         index.search(np.zeros((1, DIM + 1), np.float32), 5)
 
 
