@@ -25,8 +25,8 @@ import pyarrow as pa
 from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
 from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
-                                  IndexOpenError, VectorIndex, check_query_vectors, product_metadata, row_schema, stored_schema,
-                                  version_name, version_number)
+                                  IndexOpenError, VectorIndex, check_query_vectors, product_metadata, row_schema,
+                                  stored_schema, version_name, version_number)
 from serve_app.phash import pack_bits
 
 TABLE = "products"  # the alias; physical tables are version_name(TABLE, model, N)

@@ -23,7 +23,8 @@ import pyarrow as pa
 from serve_app.filters import Clause
 from serve_app.index import opensearch_bodies as bodies
 from serve_app.index.base import (FACET_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError,
-                                  VectorIndex, check_query_vectors, product_metadata, row_schema, version_name, version_number)
+                                  VectorIndex, check_query_vectors, product_metadata, row_schema, version_name,
+                                  version_number)
 from serve_app.phash import hamming_distance
 
 log = logging.getLogger("visual_search.opensearch")
