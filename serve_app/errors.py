@@ -34,29 +34,29 @@ def _cause(e: BaseException) -> BaseException:
     return e
 
 
+# Stage error → (HTTP status, code), first match wins (a subclass before its base: UnsupportedImageError is an
+# ImageDecodeError). Errors that carry their own status (UrlFetchError) are handled in to_api_error.
+STATUS_OF = (
+    (UnsupportedImageError, 415, "unsupported_media_type"),
+    (ImageDecodeError, 400, "invalid_image"),
+    (VideoDecodeError, 415, "unsupported_media_type"),
+    (VideoLimitError, 422, "video_limit_exceeded"),
+    (NoFramesError, 422, "no_frames"),
+    (FilterError, 422, "invalid_filter"),
+    (ProductNotFound, 404, "not_found"),
+    (QueryDimensionError, 503, "model_index_mismatch"),
+    (ThumbnailUnavailable, 502, "thumbnail_unavailable"),
+)
+
+
 def to_api_error(e: BaseException) -> ApiError:
     """Map a stage or deployment error to an :class:`ApiError`; unknown errors become 500."""
     if isinstance(e, ApiError):
         return e
     cause = _cause(e)
-    if isinstance(cause, UnsupportedImageError) or isinstance(e, UnsupportedImageError):
-        return ApiError(415, "unsupported_media_type", str(cause))
-    if isinstance(cause, ImageDecodeError) or isinstance(e, ImageDecodeError):
-        return ApiError(400, "invalid_image", str(cause))
-    if isinstance(cause, VideoDecodeError):
-        return ApiError(415, "unsupported_media_type", str(cause))
-    if isinstance(cause, VideoLimitError):
-        return ApiError(422, "video_limit_exceeded", str(cause))
-    if isinstance(cause, NoFramesError):
-        return ApiError(422, "no_frames", str(cause))
-    if isinstance(cause, FilterError):
-        return ApiError(422, "invalid_filter", str(cause))
     if isinstance(cause, UrlFetchError):
         return ApiError(cause.status, cause.code, str(cause))
-    if isinstance(cause, ProductNotFound):
-        return ApiError(404, "not_found", str(cause))
-    if isinstance(cause, QueryDimensionError):
-        return ApiError(503, "model_index_mismatch", str(cause))
-    if isinstance(cause, ThumbnailUnavailable):
-        return ApiError(502, "thumbnail_unavailable", str(cause))
+    for error_type, status, code in STATUS_OF:
+        if isinstance(cause, error_type):
+            return ApiError(status, code, str(cause))
     return ApiError(500, "internal_error", f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
