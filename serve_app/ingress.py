@@ -143,12 +143,21 @@ class Ingress:
         except ImageDecodeError as e:
             raise to_api_error(e) from None
 
-    async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
+    @staticmethod
+    async def _answer(pending):
+        """Await a deployment response (or a coroutine); a stage error becomes its :class:`ApiError`."""
         try:
-            rows = await self.retriever.search.remote(vector_response, k, filters)
+            return await pending
         except Exception as e:
             raise to_api_error(e) from None
-        return rows[0]
+
+    async def _fetch(self, image_url: str) -> bytes:
+        """The image at ``image_url`` under the app's SSRF, size and time limits (see url_fetch)."""
+        return await self._answer(fetch_image_url(image_url, self.args.image_url_max_bytes,
+                                                  self.args.image_url_timeout_s, self.args.image_url_allow_networks))
+
+    async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
+        return (await self._answer(self.retriever.search.remote(vector_response, k, filters)))[0]
 
     @app.get("/", include_in_schema=False)
     async def page(self):
@@ -159,10 +168,7 @@ class Ingress:
     async def facets(self):
         """Filter values: ``{"products", "facets": {"category"|"brand": [{"value", "count"}]}, "ranges":
         {"price": {"min", "max", "count"}}}``, counts descending."""
-        try:
-            return await self.retriever.facets.remote()
-        except Exception as e:
-            raise to_api_error(e) from None
+        return await self._answer(self.retriever.facets.remote())
 
     @app.get("/thumbnails/{product_id:path}", response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -173,10 +179,7 @@ class Ingress:
         size = clamp_size(size)
         body = self.thumbnails.get((product_id, size))
         if body is None:
-            try:
-                body = await self.retriever.thumbnail.remote(product_id, size)
-            except Exception as e:
-                raise to_api_error(e) from None
+            body = await self._answer(self.retriever.thumbnail.remote(product_id, size))
             self.thumbnails.put((product_id, size), body)
         headers = {"ETag": etag(body), "Cache-Control": f"public, max-age={THUMBNAIL_MAX_AGE_S}"}
         if headers["ETag"] in request.headers.get("if-none-match", ""):
@@ -221,21 +224,15 @@ class Ingress:
         if file is not None:
             data = await self._read_upload(file, self.args.max_upload_bytes)
         else:
-            try:
-                data = await fetch_image_url(image_url, self.args.image_url_max_bytes, self.args.image_url_timeout_s,
-                                             self.args.image_url_allow_networks)
-            except Exception as e:
-                raise to_api_error(e) from None
+            data = await self._fetch(image_url)
         self._check_image(data)
         vector = self.encoder.embed_image.remote(data)
         if text is None:
             results = await self._search(vector, k, parsed_filters)
             return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
         text_vector = self.encoder.embed_text.remote(text)
-        try:
-            results = await self.retriever.search_soft.remote(vector, text_vector, k, parsed_filters, text_weight)
-        except Exception as e:
-            raise to_api_error(e) from None
+        results = await self._answer(self.retriever.search_soft.remote(vector, text_vector, k, parsed_filters,
+                                                                       text_weight))
         return {"results": results, "k": k, "text": text, "text_weight": text_weight,
                 "took_ms": round(1000 * (time.perf_counter() - started), 2)}
 
@@ -246,10 +243,8 @@ class Ingress:
         vector = self.encoder.embed_image.remote(data) if mode == "robust" else None
         thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
                       "confirm_min_score": self.args.dedup_confirm_min_score}
-        try:
-            body = await self.retriever.find_similar.remote(data, top, max_distance, mode, vector, thresholds)
-        except Exception as e:
-            raise to_api_error(e) from None
+        body = await self._answer(self.retriever.find_similar.remote(data, top, max_distance, mode, vector,
+                                                                     thresholds))
         if mode == "robust":
             body |= thresholds
         return body | {"top": top, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
@@ -260,12 +255,7 @@ class Ingress:
                                mode: str = Query("phash", pattern="^(phash|robust)$")):
         """Near-duplicate listings of the image at ``image_url`` (same SSRF and size rules as image search):
         per hit ``hamming_distance`` (0–64 bits) and ``match_percent`` = 100·(1 − d/64), closest first."""
-        try:
-            data = await fetch_image_url(image_url, self.args.image_url_max_bytes, self.args.image_url_timeout_s,
-                                         self.args.image_url_allow_networks)
-        except Exception as e:
-            raise to_api_error(e) from None
-        return await self._find_similar(data, top, max_distance, mode)
+        return await self._find_similar(await self._fetch(image_url), top, max_distance, mode)
 
     @app.post("/find_similar")
     async def find_similar_upload(self, request: Request, file: UploadFile = File(...),
@@ -300,10 +290,8 @@ class Ingress:
         clip = self.deduper.dedup.remote(clip, frame_thumbnails)
         clip = self.encoder.embed_clip.remote(clip)
         text_vector = None if text is None else self.encoder.embed_text.remote(text)
-        try:
-            body = await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion, text_vector, text_weight)
-        except Exception as e:
-            raise to_api_error(e) from None
+        body = await self._answer(self.retriever.search_clip.remote(clip, k, parsed_filters, fusion, text_vector,
+                                                                    text_weight))
         if text is not None:
             body |= {"text": text, "text_weight": text_weight}
         body["took_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
