@@ -197,9 +197,7 @@ class Retriever:
         Returns:
             Up to ``k`` results with ``image_score``, ``text_score`` and the fused ``score``, best first.
         """
-        pool = min(1000, max(4 * k, 50))
-        queries = np.vstack([np.asarray(vectors, np.float32), np.asarray(text_vector, np.float32).reshape(1, -1)])
-        image_hits, text_hits = await self.search(queries, pool, filters)
+        image_hits, text_hits = await self.search(*_with_text_query(vectors, text_vector, k), filters)
         return await self._soft_filter(image_hits, vectors, text_hits, text_vector, text_weight, k)
 
     def _find_similar(self, data: bytes, top: int, max_distance: int, mode: str, vector: np.ndarray | None,
@@ -237,8 +235,7 @@ class Retriever:
             per_frame = await self.search(clip["vectors"], min(1000, max(k, 20)), filters)
             results = fuse(per_frame, clip["times"], k, fusion)
         else:  # soft text filter: fuse a larger pool by frames, then re-rank with the text (max-frame cosine)
-            pool = min(1000, max(4 * k, 50))
-            queries = np.vstack([clip["vectors"], np.asarray(text_vector, np.float32).reshape(1, -1)])
+            queries, pool = _with_text_query(clip["vectors"], text_vector, k)
             *per_frame, text_hits = await self.search(queries, pool, filters)
             fused = [r | {"score": r["best_score"]} for r in fuse(per_frame, clip["times"], pool, fusion)]
             results = await self._soft_filter(fused, clip["vectors"], text_hits, text_vector, text_weight, k,
@@ -247,6 +244,13 @@ class Retriever:
         return {"results": results, "k": k, "fusion": fusion, "frames_sampled": clip["frames_sampled"],
                 "frames_kept": clip["frames_kept"], "duration_s": clip["duration_s"],
                 "kept_frames": _kept_frames(clip), "took_ms": took}
+
+
+def _with_text_query(vectors: np.ndarray, text_vector: np.ndarray, k: int) -> tuple[np.ndarray, int]:
+    """The soft text filter's one k-NN round trip: the visual query rows ``(Q, D)`` with the text embedding as
+    row ``Q``, and the candidates to fetch per row (``4k``, at least 50, at most 1000) before re-ranking."""
+    queries = np.vstack([np.asarray(vectors, np.float32), np.asarray(text_vector, np.float32).reshape(1, -1)])
+    return queries, min(1000, max(4 * k, 50))
 
 
 def _kept_frames(clip: dict[str, Any]) -> list[dict[str, Any]]:
