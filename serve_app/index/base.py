@@ -56,6 +56,18 @@ def check_query_vectors(vectors: np.ndarray, info: "IndexInfo") -> np.ndarray:
     return vectors
 
 
+def check_same_dimension(uri: str, stored: "IndexInfo", info: "IndexInfo | None") -> None:
+    """Opening an index for ``info``'s model: the stored version must hold embeddings of the same dimension.
+
+    Raises:
+        IndexOpenError: the dimensions differ (the message names both models).
+    """
+    if info is not None and info.dim != stored.dim:
+        raise IndexOpenError(
+            f"index {uri} holds {stored.dim}-dimensional embeddings from {stored.model_id!r}, but the "
+            f"model {info.model_id!r} makes {info.dim}-dimensional ones; ingest a new version with this model")
+
+
 def version_name(alias: str, model_id: str, number: int) -> str:
     """Physical index name of one ingestion: ``<alias>-<model slug>-v<number>``, lower case (OpenSearch rule).
 
@@ -70,6 +82,18 @@ def version_number(name: str) -> int:
     """The ``N`` of a :func:`version_name` (0 for a name without one)."""
     match = re.search(r"-v(\d+)$", name)
     return int(match.group(1)) if match else 0
+
+
+def next_version_name(alias: str, model_id: str, existing: list[str]) -> str:
+    """:func:`version_name` numbered one past the highest of the ``existing`` versions (1 for the first)."""
+    return version_name(alias, model_id, max((version_number(v) for v in existing), default=0) + 1)
+
+
+def versions_to_drop(versions: list[str], published: str, previous: str | None, keep: int) -> list[str]:
+    """After ``published`` replaced ``previous`` under the alias: the oldest versions beyond the newest ``keep``
+    (at least 2), never ``published`` or ``previous`` (kept for a roll-back)."""
+    stale = sorted((v for v in versions if v not in (published, previous)), key=version_number)
+    return stale[:max(0, len(versions) - max(keep, 2))]
 
 
 def stored_schema(dim: int) -> pa.Schema:

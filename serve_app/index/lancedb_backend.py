@@ -25,8 +25,8 @@ import pyarrow as pa
 from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
 from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
-                                  IndexOpenError, VectorIndex, check_query_vectors, product_metadata, row_schema,
-                                  stored_schema, version_name, version_number)
+                                  IndexOpenError, VectorIndex, check_query_vectors, check_same_dimension,
+                                  next_version_name, product_metadata, row_schema, stored_schema, versions_to_drop)
 from serve_app.phash import pack_bits
 
 TABLE = "products"  # the alias; physical tables are version_name(TABLE, model, N)
@@ -77,10 +77,7 @@ class LanceDBIndex(VectorIndex):
         if version not in state["versions"]:
             raise IndexOpenError(f"index {uri} has no version {version!r}; it has {sorted(state['versions'])}")
         stored = IndexInfo(**state["versions"][version])
-        if info is not None and info.dim != stored.dim:
-            raise IndexOpenError(
-                f"index {uri} holds {stored.dim}-dimensional embeddings from {stored.model_id!r}, but the "
-                f"model {info.model_id!r} makes {info.dim}-dimensional ones; ingest a new version with this model")
+        check_same_dimension(uri, stored, info)
         self._open(version, stored)
 
     @classmethod
@@ -117,8 +114,7 @@ class LanceDBIndex(VectorIndex):
     def publish(self, keep: int = 2) -> list[str]:
         state = self._read_state()
         previous, state["current"] = state["current"], self.version
-        stale = sorted((v for v in state["versions"] if v not in (self.version, previous)), key=version_number)
-        dropped = stale[:max(0, len(state["versions"]) - max(keep, 2))]
+        dropped = versions_to_drop(list(state["versions"]), self.version, previous, keep)
         for name in dropped:
             del state["versions"][name]
         state["published_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -313,8 +309,7 @@ def _write_state(uri: str, state: dict) -> None:
 
 def _new_version(db, uri: str, state: dict, info: IndexInfo) -> str:
     """Create the next version's empty table and record it (unpublished) in the alias file."""
-    number = max((version_number(v) for v in state["versions"]), default=0) + 1
-    name = version_name(TABLE, info.model_id, number)
+    name = next_version_name(TABLE, info.model_id, list(state["versions"]))
     db.create_table(name, schema=stored_schema(info.dim), exist_ok=True)
     state["versions"][name] = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights}
     _write_state(uri, state)

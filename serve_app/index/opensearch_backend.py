@@ -23,8 +23,8 @@ import pyarrow as pa
 from serve_app.filters import Clause
 from serve_app.index import opensearch_bodies as bodies
 from serve_app.index.base import (FACET_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError,
-                                  VectorIndex, check_query_vectors, product_metadata, row_schema, version_name,
-                                  version_number)
+                                  VectorIndex, check_query_vectors, check_same_dimension, product_metadata,
+                                  next_version_name, row_schema, version_number, versions_to_drop)
 from serve_app.phash import hamming_distance
 
 log = logging.getLogger("visual_search.opensearch")
@@ -124,10 +124,7 @@ class OpenSearchIndex(VectorIndex):
             self.info = self._read_info(self.version)
         except Exception as e:
             raise _clear_error(e, self.base_url) from e
-        if info is not None and info.dim != self.info.dim:
-            raise IndexOpenError(
-                f"index {uri} holds {self.info.dim}-dimensional embeddings from {self.info.model_id!r}, but the "
-                f"model {info.model_id!r} makes {info.dim}-dimensional ones; ingest a new version with this model")
+        check_same_dimension(uri, self.info, info)
 
     # --- versions and the alias -------------------------------------------------------------------------
     @classmethod
@@ -147,8 +144,7 @@ class OpenSearchIndex(VectorIndex):
         return self.alias if self.client.indices.exists(index=self.alias) else None  # a plain index, no alias
 
     def _create(self, info: IndexInfo) -> str:
-        number = max((version_number(v) for v in self._versions()), default=0) + 1
-        name = version_name(self.alias, info.model_id, number)
+        name = next_version_name(self.alias, info.model_id, self._versions())
         meta = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights, "alias": self.alias}
         self.client.indices.create(index=name, body=bodies.index_body(
             info.dim, self.m, self.ef_construction, self.ef_search, meta=meta))
@@ -176,9 +172,7 @@ class OpenSearchIndex(VectorIndex):
                                  "reindex it into a version or pick another alias name")
         old = [previous] if previous else []
         self.client.indices.update_aliases(body=bodies.alias_switch_actions(self.alias, self.version, old))
-        versions = self._versions()
-        stale = [v for v in versions if v not in (self.version, previous)]
-        dropped = stale[:max(0, len(versions) - max(keep, 2))]
+        dropped = versions_to_drop(self._versions(), self.version, previous, keep)
         for name in dropped:
             self.client.indices.delete(index=name)
         return dropped
