@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from serve_app.embedding import DEFAULT_MODEL, DTYPES
+from serve_app.near_duplicates import DEFAULT_MAX_DISTANCE
 
 DEFAULT_INDEX = "./data/index"
 DEFAULT_INGEST_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ingest.yaml"
@@ -150,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("dedup-report", help="cluster the catalog into near-duplicate groups by pHash")
     p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
     p.add_argument("--out", required=True, help="report file: .json or .csv (local path or s3://)")
-    p.add_argument("--max-distance", type=int, default=10, help="Hamming threshold in bits (0-64)")
+    p.add_argument("--max-distance", type=int, default=DEFAULT_MAX_DISTANCE, help="Hamming threshold in bits (0-64)")
     p.set_defaults(func=cmd_dedup_report)
 
     from batch_jobs.demo import add_demo_parser

@@ -16,6 +16,7 @@ import numpy as np
 
 from serve_app import storage
 from serve_app.index import open_index
+from serve_app.near_duplicates import DEFAULT_MAX_DISTANCE
 from serve_app.phash import match_percent
 
 BLOCK = 2048
@@ -57,7 +58,7 @@ def clusters_from_pairs(n: int, pairs: list[tuple[int, int, int]]) -> list[list[
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
 
 
-def dedup_report(index_uri: str, max_distance: int = 10) -> dict[str, Any]:
+def dedup_report(index_uri: str, max_distance: int = DEFAULT_MAX_DISTANCE) -> dict[str, Any]:
     """Cluster the catalog at ``index_uri``; returns ``{"max_distance", "products", "clusters": [...]}``."""
     index = open_index(index_uri)
     ids, hashes = index.hashes()

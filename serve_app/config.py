@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve_app.embedding import DEFAULT_MODEL
+from serve_app.near_duplicates import DEFAULT_CLIP_MIN_SCORE, DEFAULT_CONFIRM_MIN_SCORE, DEFAULT_MAX_DISTANCE
 
 MiB = 1024 * 1024
 
@@ -35,9 +36,12 @@ class AppArgs(BaseModel):
     max_video_duration_s: float = Field(120.0, gt=0, description="longer clips get 422")
     max_video_frames: int = Field(64, ge=1, le=1000, description="clips sampling more frames get 422")
     max_video_fps: float = Field(10.0, gt=0, le=60)
-    dedup_max_distance: int = Field(10, ge=0, le=64, description="default find_similar pHash threshold, bits")
-    dedup_clip_min_score: float = Field(0.97, ge=-1, le=1, description="robust mode: cosine for CLIP alone")
-    dedup_confirm_min_score: float = Field(0.9, ge=-1, le=1, description="robust mode: cosine confirming pHash")
+    dedup_max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=64,
+                                    description="default find_similar pHash threshold, bits")
+    dedup_clip_min_score: float = Field(DEFAULT_CLIP_MIN_SCORE, ge=-1, le=1,
+                                        description="robust mode: cosine for CLIP alone")
+    dedup_confirm_min_score: float = Field(DEFAULT_CONFIRM_MIN_SCORE, ge=-1, le=1,
+                                           description="robust mode: cosine confirming pHash")
     ann_nprobes: int = Field(20, ge=1)
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)
