@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.embedding import DEFAULT_MODEL
 from serve_app.near_duplicates import DEFAULT_CLIP_MIN_SCORE, DEFAULT_CONFIRM_MIN_SCORE, DEFAULT_MAX_DISTANCE
+from serve_app.video import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_FRAMES
 
 MiB = 1024 * 1024
 
@@ -33,8 +34,8 @@ class AppArgs(BaseModel):
     image_url_allow_networks: list[str] = Field(
         default_factory=list, description="CIDRs exempt from the SSRF private-address rule")
     max_video_bytes: int = Field(50 * MiB, ge=1024, description="video uploads above this get 413")
-    max_video_duration_s: float = Field(120.0, gt=0, description="longer clips get 422")
-    max_video_frames: int = Field(64, ge=1, le=1000, description="clips sampling more frames get 422")
+    max_video_duration_s: float = Field(DEFAULT_MAX_DURATION_S, gt=0, description="longer clips get 422")
+    max_video_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1, le=1000, description="clips sampling more frames get 422")
     max_video_fps: float = Field(10.0, gt=0, le=60)
     dedup_max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=64,
                                     description="default find_similar pHash threshold, bits")

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_SHORT_SIDE = 224
+DEFAULT_MAX_FRAMES = 64  # sampled frames per clip (one Encoder batch)
+DEFAULT_MAX_DURATION_S = 120.0  # seconds of video per clip
 
 
 class VideoDecodeError(ValueError):
@@ -60,8 +62,9 @@ def sample_times(duration_s: float, fps: float) -> list[float]:
     return [i / fps for i in range(n)]
 
 
-def decode_and_sample(data: bytes, fps: float = 1.0, max_frames: int = 64, max_duration_s: float = 120.0,
-                      short_side: int = DEFAULT_SHORT_SIDE) -> SampledFrames:
+def decode_and_sample(data: bytes, fps: float = 1.0, max_frames: int = DEFAULT_MAX_FRAMES,
+                      max_duration_s: float = DEFAULT_MAX_DURATION_S, short_side: int = DEFAULT_SHORT_SIDE
+                      ) -> SampledFrames:
     """Open a video from bytes, check the limits, and decode the sampled frames in one batch.
 
     Args:

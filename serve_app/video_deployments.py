@@ -13,14 +13,14 @@ from ray import serve
 
 from serve_app.frame_dedup import DEFAULT_MAX_DISTANCE, dedup_frames, frame_hashes
 from serve_app.thumbnails import frame_data_url
-from serve_app.video import decode_and_sample
+from serve_app.video import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_FRAMES, decode_and_sample
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8)
 class VideoDecoder:
     """Decode an uploaded clip from bytes and sample frames (CPU-bound; scale it with CPU nodes)."""
 
-    def __init__(self, max_duration_s: float = 120.0, max_frames: int = 64):
+    def __init__(self, max_duration_s: float = DEFAULT_MAX_DURATION_S, max_frames: int = DEFAULT_MAX_FRAMES):
         self.max_duration_s, self.max_frames = max_duration_s, max_frames
 
     async def decode(self, data: bytes, fps: float, max_frames: int | None = None) -> dict[str, Any]:
