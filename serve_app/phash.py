@@ -56,11 +56,7 @@ def match_percent(distance: int) -> float:
     return 100.0 * (1.0 - distance / HASH_BITS)
 
 
-def to_bytes(h: int) -> bytes:
-    """The 64 bits packed big-endian into 8 bytes (bit 63 first), the layout of binary k-NN vectors."""
-    return to_unsigned(h).to_bytes(8, "big")
-
-
 def pack_bits(hashes: np.ndarray) -> np.ndarray:
-    """int64 ``(N,)`` hashes → uint8 ``(N, 8)`` packed bits, big-endian (see :func:`to_bytes`)."""
+    """int64 ``(N,)`` hashes → uint8 ``(N, 8)`` packed bits, big-endian (bit 63 first): the layout of binary
+    k-NN vectors (LanceDB ``phash_bits``, OpenSearch ``data_type: binary``)."""
     return np.asarray(hashes, dtype=np.int64).astype(">i8").view(np.uint8).reshape(-1, 8)

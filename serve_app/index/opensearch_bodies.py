@@ -21,6 +21,7 @@ import numpy as np
 
 from serve_app.filters import Clause
 from serve_app.index.base import METADATA_FIELDS
+from serve_app.phash import pack_bits
 
 VECTOR_FIELD = "vector"
 PHASH_FIELD = "phash_bits"
@@ -98,7 +99,7 @@ def msearch_body(index: str, vectors: np.ndarray, k: int, clauses: list[Clause] 
 def phash_bytes(phash: int) -> list[int]:
     """A signed 64-bit pHash → the 8 signed bytes (int8, big-endian bit order, MSB first) OpenSearch's binary
     vectors take: bit ``i`` of the vector is bit ``63 − i`` of the hash, matching :func:`serve_app.phash.pack_bits`."""
-    return [int(b) for b in np.array([phash], dtype=">i8").view(np.int8)]
+    return pack_bits(np.array([phash]))[0].view(np.int8).tolist()
 
 
 def hamming_body(phash: int, k: int, clauses: list[Clause] | None = None,
