@@ -14,6 +14,7 @@ from ray.data.block import Block, BlockAccessor
 from batch_jobs.stages import to_index_rows
 from serve_app import storage
 from serve_app.index import IndexInfo, open_index
+from serve_app.phash import hamming_matrix
 
 
 @dataclass
@@ -90,7 +91,7 @@ def _near_duplicates(index, rows: pa.Table, max_distance: int) -> list[dict]:
     ids = rows.column("product_id").to_pylist()
     hashes = np.asarray(rows.column("phash").to_pylist(), dtype=np.int64)
     hits = index.hamming_search(hashes.tolist(), 3, max_distance)
-    within = np.bitwise_count(np.bitwise_xor(hashes[:, None], hashes[None, :]).view(np.uint64))  # [n, n]
+    within = hamming_matrix(hashes, hashes)  # [n, n]
     found = []
     for i, (product_id, row_hits) in enumerate(zip(ids, hits)):
         candidates = [(h.distance, h.product_id) for h in row_hits if h.product_id != product_id]

@@ -17,7 +17,7 @@ import numpy as np
 from serve_app import storage
 from serve_app.index import open_index
 from serve_app.near_duplicates import DEFAULT_MAX_DISTANCE
-from serve_app.phash import match_percent
+from serve_app.phash import hamming_matrix, match_percent
 
 BLOCK = 2048
 
@@ -29,7 +29,7 @@ def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[in
     for start in range(0, len(hashes), BLOCK):
         block = hashes[start:start + BLOCK]
         rest = hashes[start:]
-        distances = np.bitwise_count(np.bitwise_xor(block[:, None], rest[None, :]).view(np.uint64))  # [b, n-start]
+        distances = hamming_matrix(block, rest)  # [b, n-start]
         rows, cols = np.nonzero(distances <= max_distance)
         for r, c in zip(rows.tolist(), cols.tolist()):
             i, j = start + r, start + c

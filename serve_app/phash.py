@@ -47,8 +47,20 @@ def hamming_distances(query: int, hashes: np.ndarray) -> np.ndarray:
     Returns:
         int64 array ``(N,)`` of distances in 0–64.
     """
-    x = np.bitwise_xor(np.asarray(hashes, dtype=np.int64), np.int64(query)).view(np.uint64)
-    return np.bitwise_count(x).astype(np.int64)
+    return hamming_matrix(np.array([query], dtype=np.int64), hashes)[0]
+
+
+def hamming_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """All pairwise Hamming distances between two sets of hashes.
+
+    Args:
+        a: int64 array ``(M,)``. b: int64 array ``(N,)``.
+
+    Returns:
+        int64 array ``(M, N)`` of distances in 0–64 (``M·N·8`` bytes: block large sets).
+    """
+    x = np.bitwise_xor(np.asarray(a, dtype=np.int64)[:, None], np.asarray(b, dtype=np.int64)[None, :])
+    return np.bitwise_count(x.view(np.uint64)).astype(np.int64)
 
 
 def match_percent(distance: int) -> float:
