@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from batch_jobs.pipeline import MODES
 from serve_app.embedding import DEFAULT_MODEL, DTYPES
 from serve_app.near_duplicates import DEFAULT_MAX_DISTANCE
 
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-actors", type=int, default=None, help="size of the CLIP actor pool")
     p.add_argument("--flag-duplicates", type=int, default=None, metavar="BITS",
                    help="list products within BITS pHash bits of an already indexed product in the report")
-    p.add_argument("--mode", choices=["new-version", "upsert"], default=None,
+    p.add_argument("--mode", choices=MODES, default=None,
                    help="new-version (default): build a new index version, then switch the alias to it; "
                         "upsert: add/replace products in the current version (same model only)")
     p.add_argument("--keep-versions", type=int, default=None, help="index versions to keep after a switch (>= 2)")
