@@ -19,13 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import base_model, summary_ms  # noqa: E402
+from benchmarks.common import base_model, summary_ms, synthetic_products  # noqa: E402
 
 
 def build_index(path: Path, n: int, dim: int, model: str) -> None:
-    import pyarrow as pa
-
-    from serve_app.index import IndexInfo, open_index, row_schema
+    from serve_app.index import IndexInfo, open_index
 
     if (path / "visual_search.json").exists() and open_index(str(path)).count() >= n:
         return
@@ -35,12 +33,8 @@ def build_index(path: Path, n: int, dim: int, model: str) -> None:
         m = min(20_000, n - start)
         vectors = rng.normal(size=(m, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-        ids = [f"syn-{start + i}" for i in range(m)]
-        index.upsert(pa.table({
-            "product_id": ids, "title": ids, "category": ["synthetic"] * m, "brand": [None] * m,
-            "price": np.ones(m), "image_url": [""] * m, "attributes": ["{}"] * m,
-            "phash": rng.integers(-(2**63), 2**63 - 1, m, dtype=np.int64),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)}, schema=row_schema(dim)))
+        hashes = rng.integers(-(2**63), 2**63 - 1, m, dtype=np.int64)
+        index.upsert(synthetic_products(vectors, hashes, ["synthetic"] * m, np.ones(m), start=start, prefix="syn-"))
 
 
 def hashing_throughput(limit: int = 300) -> dict:

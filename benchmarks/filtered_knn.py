@@ -20,8 +20,9 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import synthetic_products  # noqa: E402
 from serve_app.filters import parse_filters  # noqa: E402
-from serve_app.index import IndexInfo, open_index, row_schema  # noqa: E402
+from serve_app.index import IndexInfo, open_index  # noqa: E402
 
 
 def make_data(n: int, dim: int, clusters: int, selectivity: float, queries: int, seed: int = 0):
@@ -37,14 +38,9 @@ def make_data(n: int, dim: int, clusters: int, selectivity: float, queries: int,
 
 
 def table(vectors: np.ndarray, rare: np.ndarray, start: int) -> pa.Table:
-    n, dim = vectors.shape
-    ids = [f"p{start + i}" for i in range(n)]
-    return pa.table({
-        "product_id": ids, "title": ids, "category": np.where(rare, "rare", "common").tolist(), "brand": [None] * n,
-        "price": np.arange(start, start + n, dtype=np.float64), "image_url": [""] * n, "attributes": ["{}"] * n,
-        "phash": np.arange(start, start + n, dtype=np.int64),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-    }, schema=row_schema(dim))
+    n = len(vectors)
+    return synthetic_products(vectors, np.arange(start, start + n), np.where(rare, "rare", "common").tolist(),
+                              np.arange(start, start + n), start=start)
 
 
 def measure(index, queries, exact_top, k, filters):
