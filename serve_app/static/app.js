@@ -12,6 +12,7 @@ const MODES = {
   duplicates: { path: "/find_similar", method: "post" },
 };
 const THUMB_SIZE = 256;
+const FACET_FIELDS = ["category", "brand"]; // /facets value lists, each a <select id=FIELD> in #FIELD-field
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -121,13 +122,11 @@ async function loadFacets() {
     return; // no facets endpoint: filters stay hidden
   }
   const facets = body.facets || {};
-  if ((facets.category || []).length) {
-    fillSelect($("category"), facets.category);
-    $("category-field").hidden = false;
-  }
-  if ((facets.brand || []).length) {
-    fillSelect($("brand"), facets.brand);
-    $("brand-field").hidden = false;
+  for (const field of FACET_FIELDS) {
+    if ((facets[field] || []).length) {
+      fillSelect($(field), facets[field]);
+      $(`${field}-field`).hidden = false;
+    }
   }
   const price = (body.ranges || {}).price;
   if (price) {
@@ -259,8 +258,9 @@ function readK() {
 
 function currentFilters() {
   const filters = {};
-  if (!$("category-field").hidden && $("category").value) filters.category = $("category").value;
-  if (!$("brand-field").hidden && $("brand").value) filters.brand = $("brand").value;
+  for (const field of FACET_FIELDS) {
+    if (!$(`${field}-field`).hidden && $(field).value) filters[field] = $(field).value;
+  }
   if (!$("price-field").hidden) {
     const lo = Number.parseFloat($("price-min").value);
     const hi = Number.parseFloat($("price-max").value);
