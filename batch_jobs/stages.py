@@ -16,7 +16,7 @@ import pyarrow as pa
 from serve_app import storage
 from serve_app.embedding import ClipEmbedder, load_clip, load_processor
 from serve_app.images import ImageDecodeError, decode_image
-from serve_app.index.base import row_schema
+from serve_app.index.base import product_table
 from serve_app.phash import phash64
 
 Batch = dict[str, np.ndarray]
@@ -106,14 +106,7 @@ def to_index_rows(batch: dict[str, list], dim: int) -> pa.Table:
     pick = lambda col: [batch[col][i] if col in batch else None for i in good]  # noqa: E731
     vectors = np.asarray([batch["vector"][i] for i in good], np.float32).reshape(-1, dim)
     strings = lambda col: [_str_or_none(v) for v in pick(col)]  # noqa: E731
-    return pa.table({
-        "product_id": strings("product_id"),
-        "title": strings("title"),
-        "category": strings("category"),
-        "brand": strings("brand"),
-        "price": [None if _missing(p) else float(p) for p in pick("price")],
-        "image_url": strings("image"),
-        "attributes": [_attributes_json(a) for a in pick("attributes")],
-        "phash": pa.array(pick("phash"), pa.int64()),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()), dim),
-    }, schema=row_schema(dim))
+    return product_table(strings("product_id"), vectors, np.asarray(pick("phash"), np.int64),
+                         title=strings("title"), category=strings("category"), brand=strings("brand"),
+                         price=[None if _missing(p) else float(p) for p in pick("price")],
+                         image_url=strings("image"), attributes=[_attributes_json(a) for a in pick("attributes")])

@@ -93,24 +93,3 @@ def served_catalog(workdir: Path, n_products: int, index: str | None = None, dty
         products = ingest(str(manifest), index, IngestOptions(model=model, dtype=dtype)).products_in_index
     return model, rows, index, products
 
-
-def synthetic_products(vectors, phash, category, price, start: int = 0, prefix: str = "p"):
-    """An index row table (:func:`serve_app.index.row_schema`) of synthetic products ``<prefix><start + i>``.
-
-    Args:
-        vectors: float32 ``(N, D)`` unit embeddings. phash: int64 ``(N,)``. category: ``N`` strings.
-        price: float64 ``(N,)``.
-    """
-    import numpy as np
-    import pyarrow as pa
-
-    from serve_app.index import row_schema
-
-    n, dim = vectors.shape
-    ids = [f"{prefix}{start + i}" for i in range(n)]
-    return pa.table({
-        "product_id": ids, "title": ids, "category": list(category), "brand": [None] * n,
-        "price": np.asarray(price, np.float64), "image_url": [""] * n, "attributes": ["{}"] * n,
-        "phash": np.asarray(phash, np.int64),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(vectors, np.float32).ravel()), dim),
-    }, schema=row_schema(dim))

@@ -19,11 +19,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import base_model, summary_ms, synthetic_products  # noqa: E402
+from benchmarks.common import base_model, summary_ms  # noqa: E402
 
 
 def build_index(path: Path, n: int, dim: int, model: str) -> None:
-    from serve_app.index import IndexInfo, open_index
+    from serve_app.index import IndexInfo, open_index, product_table
 
     if (path / "visual_search.json").exists() and open_index(str(path)).count() >= n:
         return
@@ -34,7 +34,9 @@ def build_index(path: Path, n: int, dim: int, model: str) -> None:
         vectors = rng.normal(size=(m, dim)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         hashes = rng.integers(-(2**63), 2**63 - 1, m, dtype=np.int64)
-        index.upsert(synthetic_products(vectors, hashes, ["synthetic"] * m, np.ones(m), start=start, prefix="syn-"))
+        ids = [f"syn-{start + i}" for i in range(m)]
+        index.upsert(product_table(ids, vectors, hashes, title=ids, category=["synthetic"] * m, price=np.ones(m),
+                                   image_url=[""] * m, attributes=["{}"] * m))
 
 
 def hashing_throughput(limit: int = 300) -> dict:

@@ -20,9 +20,8 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import synthetic_products  # noqa: E402
 from serve_app.filters import parse_filters  # noqa: E402
-from serve_app.index import IndexInfo, open_index  # noqa: E402
+from serve_app.index import IndexInfo, open_index, product_table  # noqa: E402
 
 
 def make_data(n: int, dim: int, clusters: int, selectivity: float, queries: int, seed: int = 0):
@@ -39,8 +38,10 @@ def make_data(n: int, dim: int, clusters: int, selectivity: float, queries: int,
 
 def table(vectors: np.ndarray, rare: np.ndarray, start: int) -> pa.Table:
     n = len(vectors)
-    return synthetic_products(vectors, np.arange(start, start + n), np.where(rare, "rare", "common").tolist(),
-                              np.arange(start, start + n), start=start)
+    ids = [f"p{start + i}" for i in range(n)]
+    return product_table(ids, vectors, np.arange(start, start + n), title=ids, image_url=[""] * n,
+                         category=np.where(rare, "rare", "common").tolist(), attributes=["{}"] * n,
+                         price=np.arange(start, start + n, dtype=np.float64))
 
 
 def measure(index, queries, exact_top, k, filters):

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 from serve_app.filters import parse_filters
-from serve_app.index import IndexInfo, IndexOpenError, create_version, open_index, row_schema
+from serve_app.index import IndexInfo, IndexOpenError, create_version, open_index, product_table
 from serve_app.index.base import QueryDimensionError
 
 DIM = 32
@@ -29,17 +29,13 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def make_rows(vectors: np.ndarray, hashes: np.ndarray, start: int = 0, title: str = "title") -> pa.Table:
-    n, dim = vectors.shape
+    n = len(vectors)
     ids = [f"p{start + i}" for i in range(n)]
-    return pa.table({
-        "product_id": ids, "title": [f"{title} {i}" for i in ids],
-        "category": ["rare" if (start + i) % 100 == 0 else ("kitchen" if (start + i) % 3 else "tools")
-                     for i in range(n)],
-        "brand": [None] * n, "price": [float((start + i) % 200) for i in range(n)], "image_url": ["x.png"] * n,
-        "attributes": [json.dumps({"color": "red"})] * n,
-        "phash": hashes.astype(np.int64),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
-    }, schema=row_schema(dim))
+    return product_table(ids, vectors, hashes, title=[f"{title} {i}" for i in ids],
+                         category=["rare" if (start + i) % 100 == 0 else ("kitchen" if (start + i) % 3 else "tools")
+                                   for i in range(n)],
+                         price=[float((start + i) % 200) for i in range(n)], image_url=["x.png"] * n,
+                         attributes=[json.dumps({"color": "red"})] * n)
 
 
 @pytest.fixture(scope="module")

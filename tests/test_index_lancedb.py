@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from serve_app.filters import parse_filters
-from serve_app.index import IndexInfo, IndexOpenError, open_index, row_schema
+from serve_app.index import IndexInfo, IndexOpenError, open_index, product_table
 from serve_app.index.base import QueryDimensionError
 
 DIM = 32
@@ -16,14 +16,10 @@ DIM = 32
 def _rows(vectors: np.ndarray, start: int = 0) -> pa.Table:
     n = len(vectors)
     ids = [f"p{start + i}" for i in range(n)]
-    return pa.table({
-        "product_id": ids, "title": [f"title {i}" for i in ids],
-        "category": ["rare" if (start + i) % 100 == 0 else "common" for i in range(n)],
-        "brand": [None] * n, "price": [float(start + i) for i in range(n)], "image_url": ["x.png"] * n,
-        "attributes": [json.dumps({"color": "red"})] * n,
-        "phash": np.arange(start, start + n, dtype=np.int64),
-        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
-    }, schema=row_schema(DIM))
+    return product_table(ids, vectors, np.arange(start, start + n), title=[f"title {i}" for i in ids],
+                         category=["rare" if (start + i) % 100 == 0 else "common" for i in range(n)],
+                         price=[float(start + i) for i in range(n)], image_url=["x.png"] * n,
+                         attributes=[json.dumps({"color": "red"})] * n)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -120,3 +116,11 @@ def test_a_long_lived_reader_sees_a_later_ingestion(tmp_path, data, monkeypatch)
     writer.upsert(_rows(vectors[100:300], start=100))
     assert reader.count() == 300
     assert reader.search(vectors[250:251], 1)[0][0].product_id == "p250"
+
+
+def test_product_table_fills_missing_metadata_with_nulls_and_refuses_unknown_columns():
+    table = product_table(["a", "b"], np.eye(2, DIM, dtype=np.float32), [1, -2], title=["A", "B"])
+    assert table.column("title").to_pylist() == ["A", "B"] and table.column("brand").to_pylist() == [None, None]
+    assert table.column("phash").to_pylist() == [1, -2] and table.column("vector").to_pylist()[1][1] == 1.0
+    with pytest.raises(ValueError, match="colour"):
+        product_table(["a"], np.ones((1, DIM), np.float32), [0], colour=["red"])

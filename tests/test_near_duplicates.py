@@ -12,7 +12,7 @@ from PIL import Image, ImageEnhance
 
 from batch_jobs.dedup_report import clusters_from_pairs, near_duplicate_pairs
 from serve_app.images import decode_image
-from serve_app.index import IndexInfo, open_index, row_schema
+from serve_app.index import IndexInfo, open_index, product_table
 from serve_app.phash import match_percent, phash64
 
 
@@ -22,11 +22,9 @@ def _signed(u: int) -> int:
 
 def _hash_rows(hashes: list[int], dim: int = 4) -> pa.Table:
     n = len(hashes)
-    return pa.table({"product_id": [f"h{i}" for i in range(n)], "title": ["t"] * n, "category": ["c"] * n,
-                     "brand": [None] * n, "price": [1.0] * n, "image_url": ["x"] * n, "attributes": ["{}"] * n,
-                     "phash": pa.array([_signed(h) for h in hashes], pa.int64()),
-                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(n * dim, np.float32) / 2), dim)},
-                    schema=row_schema(dim))
+    return product_table([f"h{i}" for i in range(n)], np.ones((n, dim), np.float32) / 2, [_signed(h) for h in hashes],
+                         title=["t"] * n, category=["c"] * n, price=[1.0] * n, image_url=["x"] * n,
+                         attributes=["{}"] * n)
 
 
 def test_hamming_search_in_the_index_matches_an_independent_count(tmp_path):

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from serve_app.images import decode_image
-from serve_app.index import IndexInfo, open_index, row_schema
+from serve_app.index import IndexInfo, open_index, product_table
 from serve_app.phash import hamming_distance, phash64
 from serve_app.thumbnails import ByteLRU, clamp_size, etag, frame_data_url, render_thumbnail
 
@@ -84,12 +84,9 @@ def test_frame_data_url_is_a_96_px_high_jpeg_of_the_frame():
 
 def _rows(products: list[dict], dim: int = 4) -> pa.Table:
     n = len(products)
-    columns = {f: [p.get(f) for p in products] for f in ("product_id", "title", "category", "brand", "price")}
-    return pa.table(columns | {"image_url": ["x.png"] * n, "attributes": ["{}"] * n,
-                               "phash": pa.array(range(n), pa.int64()),
-                               "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ones(n * dim, np.float32)),
-                                                                           dim)},
-                    schema=row_schema(dim))
+    columns = {f: [p.get(f) for p in products] for f in ("title", "category", "brand", "price")}
+    return product_table([p.get("product_id") for p in products], np.ones((n, dim), np.float32), np.arange(n),
+                         image_url=["x.png"] * n, attributes=["{}"] * n, **columns)
 
 
 def test_lancedb_facets_match_an_independent_count(tmp_path):

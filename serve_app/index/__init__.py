@@ -4,7 +4,7 @@
 - ``http(s)://host:port/<alias>``, ``opensearch://…`` (HTTPS) or ``opensearch+http://…`` → OpenSearch.
 """
 
-from serve_app.index.base import Hit, IndexInfo, IndexOpenError, VectorIndex, row_schema
+from serve_app.index.base import Hit, IndexInfo, IndexOpenError, VectorIndex, product_table, row_schema
 
 
 def is_opensearch(uri: str) -> bool:
@@ -43,4 +43,4 @@ def create_version(uri: str, info: IndexInfo, **options) -> VectorIndex:
 
 
 __all__ = ["Hit", "IndexInfo", "IndexOpenError", "VectorIndex", "create_version", "is_opensearch", "open_index",
-           "row_schema"]
+           "product_table", "row_schema"]

@@ -121,6 +121,29 @@ def row_schema(dim: int) -> pa.Schema:
     ])
 
 
+def product_table(product_ids: list[str], vectors: np.ndarray, phash, **metadata) -> pa.Table:
+    """Rows in :func:`row_schema` for ``N`` products, ready for :meth:`VectorIndex.upsert`.
+
+    Args:
+        product_ids: ``N`` ids. vectors: float32 ``(N, D)`` L2-normalised embeddings. phash: int64 ``(N,)``.
+        metadata: columns by name (``title``, ``category``, ``brand``, ``price``, ``image_url``,
+            ``attributes`` as JSON text), ``N`` values each; a column not given is null.
+
+    Raises:
+        ValueError: a metadata name that is not a column of :func:`row_schema`.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    n, dim = vectors.shape
+    names = [f for f in row_schema(dim).names if f not in ("product_id", "phash", "vector")]
+    unknown = sorted(set(metadata) - set(names))
+    if unknown:
+        raise ValueError(f"unknown product columns {unknown}; the columns are {names}")
+    columns = {"product_id": list(product_ids)} | {f: metadata.get(f, [None] * n) for f in names}
+    return pa.table(columns | {"phash": np.asarray(phash, dtype=np.int64),
+                               "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)},
+                    schema=row_schema(dim))
+
+
 @dataclass
 class Hit:
     """One k-NN result: ``score`` is cosine similarity in [−1, 1]; ``metadata`` the stored fields."""
