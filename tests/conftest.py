@@ -17,6 +17,7 @@ for _var in ("VS_MODEL", "VS_INDEX", "VS_DTYPE"):  # the tests pass their own mo
     os.environ.pop(_var, None)
 
 import httpx  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 STAMPS = Path("/usr/share/tuxpaint/stamps")
@@ -109,6 +110,83 @@ def ingested(ray_session, catalog, served_model, tmp_path_factory):
     index = str(tmp_path_factory.mktemp("index") / "lancedb")
     report = ingest(str(catalog), index, IngestOptions(model=served_model, batch_size=8, fetch_timeout_s=2.0))
     return index, report
+
+
+@pytest.fixture(scope="session")
+def catalog_vectors(ingested) -> dict[str, np.ndarray]:
+    """Every ingested product's stored embedding, float32 ``(D,)`` by ``product_id``."""
+    from serve_app.index import open_index
+
+    ids, vectors = open_index(ingested[0]).all_vectors()
+    return dict(zip(ids, vectors))
+
+
+def clip_frame_vectors(embedder, path: Path, fps: float = 1.0) -> tuple[list[float], np.ndarray]:
+    """The kept frames of a clip as the service computes them (same decoder, pHash dedup and model):
+    ``(times in seconds, float32 (K, D) embeddings)`` — the independent answer video tests compare with."""
+    from PIL import Image
+
+    from serve_app.frame_dedup import dedup_frames, frame_hashes
+    from serve_app.video import decode_and_sample
+
+    sampled = decode_and_sample(path.read_bytes(), fps=fps)
+    keep = dedup_frames(frame_hashes(sampled.frames))
+    vectors = embedder.embed_images([Image.fromarray(sampled.frames[i]) for i in keep])
+    return [sampled.times[i] for i in keep], vectors
+
+
+@pytest.fixture(scope="session")
+def clip_vectors(embedder):
+    """:func:`clip_frame_vectors` with the served model: ``clip_vectors(path, fps=1.0)``."""
+    return lambda path, fps=1.0: clip_frame_vectors(embedder, Path(path), fps)
+
+
+# Random weights put every pair of catalog images near cosine 0.99, and a product's own H.264 frame beats the
+# next product by 0.0002–0.06 (median ~0.005, measured on the 60 sample rows). A video test whose answer rests
+# on that ranking uses a row whose own margin, measured here on this CPU, is at least this: 100× any
+# floating-point difference between two processes, so the service must agree.
+CLEAR_MARGIN = 0.002
+
+
+@pytest.fixture(scope="session")
+def clear_video_rows(tmp_path_factory, embedder, catalog_vectors, sample_rows):
+    """``pick(n, exclude=())`` → ``n`` sample rows whose single-product clip (``make_clip``, 2 s) finds the
+    row's own product first in every kept frame, ahead of every other product by ≥ :data:`CLEAR_MARGIN`.
+
+    Rows are tried in a fixed shuffled order and each is measured once per session."""
+    import random
+
+    from batch_jobs.make_clip import make_clip
+
+    folder = tmp_path_factory.mktemp("clear-clips")
+    ids = list(catalog_vectors)
+    matrix = np.stack([catalog_vectors[i] for i in ids])  # [N, D]
+    order = random.Random(11).sample(sample_rows, len(sample_rows))
+    margins: dict[str, float] = {}
+
+    def margin(row: dict) -> float:
+        if row["product_id"] not in margins:
+            path = folder / f"{len(margins)}.mp4"
+            make_clip(path, [row["image"]], 2.0)
+            scores = clip_frame_vectors(embedder, path)[1] @ matrix.T  # [K, N]
+            own = scores[:, ids.index(row["product_id"])].copy()
+            scores[:, ids.index(row["product_id"])] = -np.inf
+            margins[row["product_id"]] = float(np.min(own - scores.max(axis=1)))
+        return margins[row["product_id"]]
+
+    def pick(n: int, exclude=()) -> list[dict]:
+        rows = [r for r in order if r["product_id"] not in set(exclude) and r["product_id"] in catalog_vectors]
+        chosen: list[dict] = []
+        for row in rows:
+            if len(chosen) == n:
+                break
+            if margin(row) >= CLEAR_MARGIN:
+                chosen.append(row)
+        assert len(chosen) == n, f"only {len(chosen)} sample rows have a clear video margin: {margins}"
+        return chosen
+
+    pick.margin = CLEAR_MARGIN
+    return pick
 
 
 class _ImageHost(BaseHTTPRequestHandler):

@@ -4,15 +4,8 @@ computed here from the same model and the index's stored vectors."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-
-
-@pytest.fixture(scope="module")
-def catalog_vectors(ingested):
-    from serve_app.index import open_index
-
-    ids, vectors = open_index(ingested[0]).all_vectors()
-    return dict(zip(ids, vectors))
 
 
 def _image_search(http, path, **data):
@@ -60,22 +53,35 @@ def test_soft_filter_respects_hard_filters(http, sample_rows):
     assert len(results) == min(5, counts[category]) and all(r["category"] == category for r in results)
 
 
-def test_video_search_with_a_soft_text_filter(http, sample_rows, tmp_path):
+def test_video_search_with_a_soft_text_filter(http, embedder, catalog_vectors, clip_vectors, clear_video_rows,
+                                              tmp_path):
     from batch_jobs.make_clip import make_clip
 
-    row = sample_rows[20]
+    row = clear_video_rows(1)[0]
     path = tmp_path / "one.mp4"
     make_clip(path, [row["image"]], 2.0)
-    with open(path, "rb") as f:
-        response = http.post("/search/video", files={"file": ("one.mp4", f, "video/mp4")},
-                             data={"k": "5", "text": "a toy", "text_weight": "0.2"})
-    assert response.status_code == 200, response.text
-    body = response.json()
+    _, frames = clip_vectors(path)  # [K, D]: the kept frames, embedded here
+    text_query = embedder.embed_texts(["a toy"])[0]
+
+    def search(weight: float) -> dict:
+        with open(path, "rb") as f:
+            response = http.post("/search/video", files={"file": ("one.mp4", f, "video/mp4")},
+                                 data={"k": "5", "text": "a toy", "text_weight": str(weight)})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    body = search(0.2)
     assert body["text_weight"] == 0.2 and len(body["results"]) == 5
-    assert all({"image_score", "text_score", "score"} <= set(r) for r in body["results"])
-    # Random weights: the text may reorder close visual scores, but the clip's product is the best visual match.
-    assert max(body["results"], key=lambda r: r["image_score"])["product_id"] == row["product_id"]
+    for r in body["results"]:  # the best frame's cosine and the text cosine, computed here
+        stored = catalog_vectors[r["product_id"]]
+        assert r["image_score"] == pytest.approx(float(np.max(frames @ stored)), abs=1e-3)
+        assert r["text_score"] == pytest.approx(float(stored @ text_query), abs=1e-3)
+        assert 0.0 <= r["score"] <= 1.0
     assert [r["score"] for r in body["results"]] == sorted((r["score"] for r in body["results"]), reverse=True)
+    # w = 0 keeps the visual order, led by the clip's product (its margin over every other one was measured here).
+    visual = search(0.0)["results"]
+    assert visual[0]["product_id"] == row["product_id"]
+    assert [r["image_score"] for r in visual] == sorted((r["image_score"] for r in visual), reverse=True)
 
 
 @pytest.mark.parametrize("data, message", [

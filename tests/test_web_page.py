@@ -162,8 +162,8 @@ def test_corrupt_upload_shows_the_service_error_message(page, http):
     page.screenshot(path=str(SHOTS / "error.png"), full_page=True)
 
 
-def test_video_clip_shows_the_frame_strip_and_matched_frames(page, http, sample_rows, tmp_path):
-    rows = [sample_rows[5], sample_rows[33]]
+def test_video_clip_shows_the_frame_strip_and_matched_frames(page, http, clear_video_rows, tmp_path):
+    rows = clear_video_rows(2)  # each clip's own product leads by a clear margin (conftest)
     clip = tmp_path / "two-products.mp4"
     subprocess.run([sys.executable, "-m", "batch_jobs", "make-clip", str(clip), rows[0]["image"], rows[1]["image"],
                     "--seconds", "2"], check=True, cwd=ROOT, capture_output=True)
@@ -176,9 +176,13 @@ def test_video_clip_shows_the_frame_strip_and_matched_frames(page, http, sample_
     assert len(strip) == 2 and [f["label"] for f in strip] == ["0.0 s", "2.0 s"]
     assert all(f["img"] == 96 for f in strip)  # the server's 96 px frame thumbnails, decoded by the page
     assert {c["id"] for c in cards[:2]} == {r["product_id"] for r in rows}
-    for card in cards[:2]:
+    expected = {r["product_id"]: r for r in http.post("/search/video", files={"file": ("c.mp4", clip.read_bytes())},
+                                                      data={"k": "10"}).json()["results"]}
+    for card in cards:  # the matched frames the service returned, one chip each
+        assert card["chips"] == [f["t"] for f in expected[card["id"]]["frames"]]
+    for card in cards[:2]:  # and each product's best frame lies inside its own shot
         start = 0.0 if card["id"] == rows[0]["product_id"] else 2.0
-        assert card["chips"] and all(start <= t < start + 2.0 for t in card["chips"])
+        assert start <= max(expected[card["id"]]["frames"], key=lambda f: f["score"])["t"] < start + 2.0
     page.hover(f"#results .card[data-product-id='{cards[0]['id']}']")
     assert page.eval_on_selector_all("#frame-strip .frame.match", "fs => fs.map(f => Number(f.dataset.t))") == \
         cards[0]["chips"]
