@@ -53,7 +53,7 @@ def ingest_options(args) -> "IngestOptions":  # noqa: F821
         raise SystemExit(f"error: unknown keys {sorted(unknown)} in {args.config}; valid keys: {sorted(valid)}")
     config["model"] = args.model or os.environ.get("VS_MODEL") or config.get("model") or DEFAULT_MODEL
     config["dtype"] = args.dtype or os.environ.get("VS_DTYPE") or config.get("dtype") or "float32"
-    for key in ("batch_size", "embed_actors", "flag_duplicates", "mode", "keep_versions"):
+    for key in ("batch_size", "embed_actors", "flag_duplicates", "mode", "keep_versions", "lease_wait_s"):
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
     return IngestOptions(**config)
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="new-version (default): build a new index version, then switch the alias to it; "
                         "upsert: add/replace products in the current version (same model only)")
     p.add_argument("--keep-versions", type=int, default=None, help="index versions to keep after a switch (>= 2)")
+    p.add_argument("--lease-wait-s", type=float, default=None, metavar="SECONDS",
+                   help="wait this long for another ingestion into the same index to finish (default: refuse at once)")
     p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
     p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
     p.set_defaults(func=cmd_ingest)

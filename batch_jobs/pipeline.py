@@ -9,12 +9,14 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from serve_app import storage
 from serve_app.catalog import read_manifest
-from serve_app.index import IndexInfo, create_version, is_opensearch, open_index
+from serve_app.index import IndexInfo, create_version, is_opensearch, lease, open_index
+from serve_app.index.lease import DEFAULT_TTL_S, DEFAULT_WAIT_S
 
 log = logging.getLogger("visual_search.ingest")
 
@@ -41,6 +43,8 @@ class IngestOptions:
     hnsw_m: int = 16  # OpenSearch faiss HNSW graph degree
     hnsw_ef_construction: int = 128  # OpenSearch faiss HNSW build-time candidate list
     hnsw_ef_search: int = 100  # OpenSearch faiss HNSW query-time candidate list (index setting)
+    lease_ttl_s: float = DEFAULT_TTL_S  # seconds a crashed run keeps the index's lease (renewed every ttl/3)
+    lease_wait_s: float = DEFAULT_WAIT_S  # seconds to wait while another run holds it (0: refuse at once)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -48,6 +52,9 @@ class IngestOptions:
         if self.keep_versions < 2:
             raise ValueError(f"keep_versions must be at least 2 (the new version and the previous one), got "
                              f"{self.keep_versions}")
+        if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
+            raise ValueError(f"lease_ttl_s must be > 0 and lease_wait_s >= 0 (seconds), got {self.lease_ttl_s} "
+                             f"and {self.lease_wait_s}")
 
     def index_options(self, uri: str) -> dict:
         """Backend settings for index ``uri`` (HNSW parameters for OpenSearch, the ANN threshold for LanceDB)."""
@@ -135,6 +142,9 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     product was indexed, switches the alias ``index`` to it atomically (older versions beyond
     ``keep_versions`` are dropped); searches keep using the previous version until then, and a failed run
     drops its unpublished version. ``"upsert"`` writes into the current version in place (same model only).
+    Either way the run holds the index's lease (:func:`serve_app.index.lease`) from creating or opening the
+    version until its report is written: a second run into the same index waits up to ``options.lease_wait_s``
+    seconds, then fails with :class:`~serve_app.index.LeaseHeld` naming the run that holds the lease.
 
     Args:
         catalog: manifest URI (JSON Lines or CSV; local, http(s) or s3).
@@ -152,6 +162,9 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         ManifestError: the manifest cannot be read at all.
         ModelLoadError: the model cannot be loaded.
         IndexOpenError: the index cannot be opened, or ``upsert`` mode with another model than the index's.
+        LeaseHeld: another ingestion into ``index`` holds its lease (an IndexOpenError).
+        LeaseLost: this run's lease expired and another run took it over before the publish (an IndexOpenError;
+            nothing was published, and in new-version mode the unpublished version is left for a later run).
     """
     import ray
 
@@ -160,46 +173,49 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     started = time.perf_counter()
     products, bad = read_manifest(catalog)
     info = model_info(options.model)
-    init_ray()
-    run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    remote_index = is_opensearch(index)
-    if not remote_index:
-        embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
-    report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
-    result = IngestReport(catalog=catalog, index=index, model=options.model,
-                          rows_in_manifest=len(products) + len(bad), embeddings=embeddings, report=report,
-                          mode=options.mode, bad_rows=[b.to_dict() for b in bad])
-    log.info("catalog %s: %d valid rows, %d invalid", catalog, len(products), len(bad))
+    with lease(index, f"ingest-{uuid.uuid4().hex[:8]}", ttl_s=options.lease_ttl_s,
+               wait_s=options.lease_wait_s) as held:
+        init_ray()
+        run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # after any wait for the lease
+        remote_index = is_opensearch(index)
+        if not remote_index:
+            embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
+        report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
+        result = IngestReport(catalog=catalog, index=index, model=options.model,
+                              rows_in_manifest=len(products) + len(bad), embeddings=embeddings, report=report,
+                              mode=options.mode, bad_rows=[b.to_dict() for b in bad])
+        log.info("catalog %s: %d valid rows, %d invalid", catalog, len(products), len(bad))
 
-    target = _target_version(index, info, options)
-    result.version = target.version
-    sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
-                         flag_duplicates=options.flag_duplicates)
-    try:
-        _run_pipeline(ray, products, options, sink)
-    except BaseException:
+        target = _target_version(index, info, options)
+        result.version = target.version
+        sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
+                             flag_duplicates=options.flag_duplicates)
+        try:
+            _run_pipeline(ray, products, options, sink)
+        except BaseException:
+            if options.mode == "new-version" and not held.lost:
+                target.drop()
+            raise
+        held.check()  # renews the lease now; raises LeaseLost if another run took it over meanwhile
         if options.mode == "new-version":
-            target.drop()
-        raise
-    if options.mode == "new-version":
-        if sink.written:
-            result.dropped_versions = target.publish(keep=options.keep_versions)
-            result.published = True
+            if sink.written:
+                result.dropped_versions = target.publish(keep=options.keep_versions)
+                result.published = True
+            else:
+                log.error("nothing was indexed; the alias %s still points at the previous version", index)
+                target.drop()
         else:
-            log.error("nothing was indexed; the alias %s still points at the previous version", index)
-            target.drop()
-    else:
-        result.published = True
+            result.published = True
 
-    result.indexed = sink.written
-    result.bad_rows += sink.failed
-    result.skipped = len(result.bad_rows)
-    result.near_duplicates = sink.near_duplicates
-    result.products_in_index = _products_in_index(index)
-    result.seconds = round(time.perf_counter() - started, 3)
-    result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
-    storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
-    return result
+        result.indexed = sink.written
+        result.bad_rows += sink.failed
+        result.skipped = len(result.bad_rows)
+        result.near_duplicates = sink.near_duplicates
+        result.products_in_index = _products_in_index(index)
+        result.seconds = round(time.perf_counter() - started, 3)
+        result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
+        storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
+        return result
 
 
 def _products_in_index(uri: str) -> int:

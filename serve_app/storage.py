@@ -9,6 +9,7 @@ operator controls; shopper-supplied URLs go through :mod:`serve_app.url_fetch`, 
 
 import functools
 import os
+import uuid
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -154,19 +155,15 @@ def _read_s3(uri: str, max_bytes: int) -> bytes:
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write a whole object to a local path (parents created) or ``s3://``.
+    """Write a whole object to a local path (parents created) or ``s3://``, atomically: readers see the old or
+    the new object, never half of one (locally a temp file renamed over it; an S3 PUT is atomic).
 
     Raises:
         StorageError: unsupported scheme or a write failure.
     """
     kind = scheme(uri)
     if kind == "file":
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename: readers see the old or the new object, never half of one (an S3 PUT is atomic too).
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        _write_local(local_path(uri), data)
     elif kind == "s3":
         bucket, key = split_s3(uri)
         try:
@@ -175,3 +172,28 @@ def write_bytes(uri: str, data: bytes) -> None:
             raise StorageError(f"{uri}: could not write: {e}") from e
     else:
         raise StorageError(f"cannot write to {uri!r}: expected a local path or s3://")
+
+
+def _write_local(path: Path, data: bytes) -> None:
+    """Write ``path`` durably: a temp file beside it is written and fsync'd, renamed over ``path``, then the
+    folder is fsync'd, so after a crash ``path`` holds the old bytes or the new ones, never an empty or partial
+    file (the rename alone can reach the disk before the data; see ``rename(2)`` and ext4's ``auto_da_alloc``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        folder = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders (Windows): the rename is all it offers
+        return
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)

@@ -9,6 +9,7 @@ reason shown by ``pytest -ra``. No fake server answers k-NN queries here.
 import asyncio
 import json
 import os
+import re
 import uuid
 
 import numpy as np
@@ -16,7 +17,7 @@ import pyarrow as pa
 import pytest
 
 from serve_app.filters import parse_filters
-from serve_app.index import IndexInfo, IndexOpenError, create_version, open_index, product_table
+from serve_app.index import IndexInfo, IndexOpenError, LeaseHeld, create_version, lease, open_index, product_table
 from serve_app.index.base import QueryDimensionError
 
 DIM = 32
@@ -69,7 +70,10 @@ def backend(request, tmp_path, monkeypatch):
     alias = f"vs-conformance-{uuid.uuid4().hex[:8]}"
     yield f"{OPENSEARCH_URL.rstrip('/')}/{alias}", module
     base, _ = module.parse_uri(f"{OPENSEARCH_URL.rstrip('/')}/{alias}")
-    OpenSearch(**module.client_options(base)).indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+    client = OpenSearch(**module.client_options(base))
+    client.indices.delete(index=f"{alias}-*", ignore_unavailable=True)
+    for name in (alias, f"{alias}-eu"):
+        client.delete(index="visual-search-leases", id=name, ignore=[404])  # normally released already
 
 
 @pytest.fixture()
@@ -225,3 +229,34 @@ def test_unpublished_version_can_be_dropped_and_empty_location_is_an_error(backe
         open_index(uri, IndexInfo("model-x", DIM * 2))
     with pytest.raises(QueryDimensionError, match=f"{DIM + 1}-d but the index holds {DIM}-d"):
         current.search(np.ones((1, DIM + 1), np.float32), 3)
+
+
+def test_versions_of_a_longer_alias_are_left_alone(backend, data):
+    uri, _ = backend
+    vectors, _, hashes = data
+    other = f"{uri}-eu"  # OpenSearch: its versions match "<alias>-*-v*"; LanceDB: a sibling folder
+    theirs = open_index(other, IndexInfo("model-a", DIM))
+    theirs.upsert(make_rows(vectors[:10], hashes[:10]))
+    theirs.finish_bulk_load()
+    ours = []
+    for _ in range(3):
+        version = create_version(uri, IndexInfo("model-a", DIM))
+        version.upsert(make_rows(vectors[:5], hashes[:5]))
+        version.finish_bulk_load()
+        version.publish(keep=2)
+        ours.append(version.version)
+    assert open_index(other).version == theirs.version and open_index(other).count() == 10
+    assert open_index(other, version=theirs.version).count() == 10
+    assert open_index(uri).version == ours[-1]
+
+
+def test_the_ingestion_lease_is_exclusive_and_released(backend):
+    uri, _ = backend
+    with lease(uri, "run-a", ttl_s=30) as held:
+        with pytest.raises(LeaseHeld, match=f"run 'run-a' .*lease expires {re.escape(held.record.expires_at)}"):
+            with lease(uri, "run-b"):
+                pass
+        with lease(f"{uri}-eu", "run-c"):  # another alias has its own lease
+            pass
+    with lease(uri, "run-b") as again:
+        assert again.record.run_id == "run-b"

@@ -2,9 +2,14 @@
 
 - a folder path, ``file://`` or ``s3://`` URI → the embedded LanceDB backend;
 - ``http(s)://host:port/<alias>``, ``opensearch://…`` (HTTPS) or ``opensearch+http://…`` → OpenSearch.
+
+:func:`lease` takes the alias's ingestion lease, kept where the backend keeps the alias.
 """
 
+from contextlib import AbstractContextManager
+
 from serve_app.index.base import Hit, IndexInfo, IndexOpenError, VectorIndex, product_table, row_schema
+from serve_app.index.lease import DEFAULT_POLL_S, DEFAULT_TTL_S, DEFAULT_WAIT_S, Lease, LeaseHeld, LeaseLost, hold
 
 
 def is_opensearch(uri: str) -> bool:
@@ -42,5 +47,26 @@ def create_version(uri: str, info: IndexInfo, **options) -> VectorIndex:
     return _backend(uri).create_version(uri, info, **options)
 
 
-__all__ = ["Hit", "IndexInfo", "IndexOpenError", "VectorIndex", "create_version", "is_opensearch", "open_index",
-           "product_table", "row_schema"]
+def lease(uri: str, run_id: str, ttl_s: float = DEFAULT_TTL_S, wait_s: float = DEFAULT_WAIT_S,
+          poll_s: float = DEFAULT_POLL_S) -> AbstractContextManager[Lease]:
+    """Hold the alias ``uri``'s ingestion lease for ``run_id`` inside a ``with`` block (released on exit, also on
+    an exception; renewed every ``ttl_s / 3`` seconds meanwhile). At most one holder at a time per alias: a lock
+    file beside the LanceDB alias file, a conditional PUT on S3, an ``op_type=create`` document on OpenSearch.
+
+    Args:
+        uri: index URI, as for :func:`open_index`. run_id: names this run in the messages of other runs.
+        ttl_s: seconds the lease outlives its holder's last renewal (a crashed run blocks the alias this long).
+        wait_s: 0 refuses at once when another run holds the lease; else seconds to wait for it.
+        poll_s: seconds between looks while waiting.
+
+    Raises:
+        LeaseHeld: another run still holds it after ``wait_s`` (the message names that run and its expiry).
+        ValueError: a bad ``ttl_s``/``wait_s``, or a malformed OpenSearch URI.
+        IndexOpenError: OpenSearch refused the credentials or cannot be reached.
+        StorageError: S3 or the local folder could not be written.
+    """
+    return hold(_backend(uri).lease_store(uri), run_id, ttl_s, wait_s, poll_s)
+
+
+__all__ = ["Hit", "IndexInfo", "IndexOpenError", "Lease", "LeaseHeld", "LeaseLost", "VectorIndex", "create_version",
+           "is_opensearch", "lease", "open_index", "product_table", "row_schema"]

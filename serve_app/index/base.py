@@ -68,14 +68,38 @@ def check_same_dimension(uri: str, stored: "IndexInfo", info: "IndexInfo | None"
             f"model {info.model_id!r} makes {info.dim}-dimensional ones; ingest a new version with this model")
 
 
+def model_slug(model_id: str) -> str:
+    """The model part of a :func:`version_name`: the last path segment of ``model_id``, lower case, runs of other
+    characters than ``[a-z0-9]`` as one ``-``, at most 40 characters (``"model"`` when nothing is left).
+
+    >>> model_slug("openai/clip-vit-base-patch32")
+    'clip-vit-base-patch32'
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", PurePosixPath(model_id.rstrip("/")).name.lower()).strip("-")[:40]
+    return slug or "model"
+
+
 def version_name(alias: str, model_id: str, number: int) -> str:
     """Physical index name of one ingestion: ``<alias>-<model slug>-v<number>``, lower case (OpenSearch rule).
 
     >>> version_name("products", "openai/clip-vit-base-patch32", 3)
     'products-clip-vit-base-patch32-v3'
     """
-    slug = re.sub(r"[^a-z0-9]+", "-", PurePosixPath(model_id.rstrip("/")).name.lower()).strip("-")[:40]
-    return f"{alias}-{slug or 'model'}-v{number}"
+    return f"{alias}-{model_slug(model_id)}-v{number}"
+
+
+def version_of(alias: str, name: str, model_id: str) -> int | None:
+    """``N`` when ``name`` is exactly ``version_name(alias, model_id, N)``, else ``None``.
+
+    A name alone cannot say which alias it belongs to (``products-eu-clip-v1`` is alias ``products-eu`` with
+    model ``clip`` or alias ``products`` with model ``eu-clip``), so the backends call this with the model id
+    recorded for the version (LanceDB alias file, OpenSearch mapping ``_meta``) and never match by prefix.
+
+    >>> version_of("products", "products-clip-v2", "openai/clip"), version_of("products", "products-eu-clip-v1", "clip")
+    (2, None)
+    """
+    match = re.fullmatch(re.escape(f"{alias}-{model_slug(model_id)}-v") + r"(\d+)", name)
+    return int(match.group(1)) if match else None
 
 
 def version_number(name: str) -> int:
@@ -182,6 +206,12 @@ class VectorIndex(abc.ABC):
     uri: str
     info: IndexInfo
     version: str
+
+    @classmethod
+    @abc.abstractmethod
+    def lease_store(cls, uri: str) -> "LeaseStore":  # noqa: F821 - serve_app.index.lease imports this module
+        """Where the alias ``uri`` keeps its ingestion lease (:mod:`serve_app.index.lease`); nothing is written
+        until the lease is taken."""
 
     @abc.abstractmethod
     def upsert(self, rows: pa.Table) -> int:

@@ -2,9 +2,10 @@
 
 One table per ingestion (a *version*, ``products-<model>-v<N>``, :func:`serve_app.index.base.row_schema`);
 ``visual_search.json`` beside them is the alias: which version is current, and each version's model id and
-embedding dimension. Publishing a version rewrites that small file atomically (rename locally, one PUT on
-S3), so readers switch from one complete table to the next; serving handles re-read it every
-``READ_CONSISTENCY_S``. Search uses LanceDB's ``cosine`` distance ``d = 1 − cos``, so
+embedding dimension. Publishing a version rewrites that small file atomically (fsync'd temp file and rename
+locally, one PUT on S3), so readers switch from one complete table to the next; serving handles re-read it
+every ``READ_CONSISTENCY_S``. Writers take turns: an ingestion holds the lease ``visual_search.lock`` beside
+the alias file (:mod:`serve_app.index.lease`) from creating its version to publishing it. Search uses LanceDB's ``cosine`` distance ``d = 1 − cos``, so
 ``score = 1 − d`` (LanceDB docs, "Vector search → distance metrics"). Below ``ann_min_rows`` the table has no
 vector index and LanceDB scans it exactly (flat search); after a bulk load that reaches the threshold an
 ``IVF_HNSW_SQ`` index is built and queried with ``nprobes``/``ef``/``refine_factor`` (re-ranking the
@@ -26,12 +27,14 @@ from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
 from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
                                   IndexOpenError, VectorIndex, check_query_vectors, check_same_dimension,
-                                  next_version_name, product_metadata, row_schema, stored_schema, versions_to_drop)
+                                  next_version_name, product_metadata, row_schema, stored_schema, version_of,
+                                  versions_to_drop)
 from serve_app.phash import pack_bits
 
 TABLE = "products"  # the alias; physical tables are version_name(TABLE, model, N)
 READ_CONSISTENCY_S = 10.0
 INFO_FILE = "visual_search.json"
+LEASE_FILE = "visual_search.lock"
 
 
 class LanceDBIndex(VectorIndex):
@@ -88,6 +91,14 @@ class LanceDBIndex(VectorIndex):
         db = lancedb.connect(uri, storage_options=storage_options(uri))
         return cls(uri, version=_new_version(db, uri, _read_state(uri), info), **options)
 
+    @classmethod
+    def lease_store(cls, uri: str):
+        """The lock ``visual_search.lock`` beside the alias file: a local file, or an S3 object."""
+        from serve_app.index.lease_stores import FileLeaseStore, S3LeaseStore
+
+        lock = uri.rstrip("/") + "/" + LEASE_FILE
+        return S3LeaseStore(lock, uri) if uri.startswith("s3://") else FileLeaseStore(storage.local_path(lock), uri)
+
     def _open(self, version: str, info: IndexInfo) -> None:
         self.version, self.info = version, info
         self._tbl = self._db.open_table(version)
@@ -114,7 +125,7 @@ class LanceDBIndex(VectorIndex):
     def publish(self, keep: int = 2) -> list[str]:
         state = self._read_state()
         previous, state["current"] = state["current"], self.version
-        dropped = versions_to_drop(list(state["versions"]), self.version, previous, keep)
+        dropped = versions_to_drop(own_versions(state), self.version, previous, keep)
         for name in dropped:
             del state["versions"][name]
         state["published_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -307,10 +318,39 @@ def _write_state(uri: str, state: dict) -> None:
     storage.write_bytes(_state_uri(uri), json.dumps(state, indent=2).encode())
 
 
+def own_versions(state: dict) -> list[str]:
+    """The alias file's versions that are this alias's: named exactly ``version_name(TABLE, model_id, N)`` for
+    the model recorded with them (:func:`serve_app.index.base.version_of`), plus a table named ``TABLE`` itself
+    (from before versions existed). Anything else in the file is left alone: never dropped, never counted."""
+    return [name for name, meta in state["versions"].items()
+            if name == TABLE or version_of(TABLE, name, str(meta.get("model_id", ""))) is not None]
+
+
+def _table_names(db) -> list[str]:
+    names, token = [], None
+    while True:
+        page = db.list_tables(page_token=token)
+        names += page.tables
+        token = page.page_token
+        if not token:
+            return names
+
+
 def _new_version(db, uri: str, state: dict, info: IndexInfo) -> str:
-    """Create the next version's empty table and record it (unpublished) in the alias file."""
-    name = next_version_name(TABLE, info.model_id, list(state["versions"]))
-    db.create_table(name, schema=stored_schema(info.dim), exist_ok=True)
+    """Create the next version's empty table and record it (unpublished) in the alias file. The number is one past
+    the alias file's versions and any table already named like this model's versions (left by a run that died
+    between creating its table and recording it), so the new name is free; callers hold the alias's lease.
+
+    Raises:
+        IndexOpenError: the table exists anyway (another writer without the lease).
+    """
+    taken = [t for t in _table_names(db) if version_of(TABLE, t, info.model_id) is not None]
+    name = next_version_name(TABLE, info.model_id, own_versions(state) + taken)
+    try:
+        db.create_table(name, schema=stored_schema(info.dim))
+    except ValueError as e:
+        raise IndexOpenError(f"cannot create version {name!r} in {uri}: {e} (is another ingestion writing this "
+                             "index without holding its lease?)") from e
     state["versions"][name] = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights}
     _write_state(uri, state)
     return name

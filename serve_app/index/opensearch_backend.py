@@ -3,7 +3,10 @@
 The index URI names an **alias**: ``https://host:9200/products``, ``opensearch://host:9200/products`` (HTTPS) or
 ``opensearch+http://host:9200/products`` (plain HTTP, for a local test cluster). Each ingestion writes a physical
 index ``products-<model>-v<N>`` whose mapping ``_meta`` records the model id and dimension, then moves the
-alias in one ``_aliases`` request (atomic in OpenSearch), so searches never see a half-built index.
+alias in one ``_aliases`` request (atomic in OpenSearch), so searches never see a half-built index. A version
+belongs to the alias recorded in its ``_meta`` (never matched by name prefix: ``products-eu-…`` is not a
+version of ``products``), and an ingestion holds the alias's lease document in ``visual-search-leases``
+(:mod:`serve_app.index.lease_stores`) from creating its version to publishing it.
 
 Credentials come from the environment only: ``VS_OPENSEARCH_USER`` / ``VS_OPENSEARCH_PASSWORD`` (HTTP basic
 auth), ``VS_OPENSEARCH_CA_CERTS`` (CA bundle path) and ``VS_OPENSEARCH_VERIFY_CERTS`` (``true`` by default).
@@ -24,7 +27,7 @@ from serve_app.filters import Clause
 from serve_app.index import opensearch_bodies as bodies
 from serve_app.index.base import (FACET_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo, IndexOpenError,
                                   VectorIndex, check_query_vectors, check_same_dimension, product_metadata,
-                                  next_version_name, row_schema, version_number, versions_to_drop)
+                                  next_version_name, row_schema, version_number, version_of, versions_to_drop)
 from serve_app.phash import hamming_distance
 
 log = logging.getLogger("visual_search.opensearch")
@@ -132,9 +135,30 @@ class OpenSearchIndex(VectorIndex):
         """A new, empty, unpublished physical index for ``info``'s model; the alias is not touched."""
         return cls(uri, info=info, version=NEW_VERSION, **options)
 
-    def _versions(self) -> list[str]:
+    @classmethod
+    def lease_store(cls, uri: str):
+        """The lease document ``<alias>`` in the cluster's ``visual-search-leases`` index.
+
+        Raises:
+            ValueError: a malformed URI.
+        """
+        from serve_app.index.lease_stores import OpenSearchLeaseStore
+
+        return OpenSearchLeaseStore(*parse_uri(uri))
+
+    def _candidates(self) -> dict[str, dict]:
+        """``{index: _meta}`` of every index whose name has this alias's version shape (``<alias>-*-v*``)."""
         found = self.client.indices.get(index=f"{self.alias}-*-v*", ignore_unavailable=True, allow_no_indices=True)
-        return sorted(found, key=version_number)
+        return {name: (value.get("mappings") or {}).get("_meta") or {} for name, value in found.items()}
+
+    def _versions(self, candidates: dict[str, dict] | None = None) -> list[str]:
+        """This alias's versions, oldest first: indices whose ``_meta`` names this alias (or names none, for an
+        index created by hand) and whose name is exactly ``version_name(alias, _meta.model_id, N)``. Another
+        alias's versions (``products-eu-…`` when this is ``products``) are never listed, so never dropped."""
+        candidates = self._candidates() if candidates is None else candidates
+        own = [name for name, meta in candidates.items() if meta.get("alias", self.alias) == self.alias
+               and "model_id" in meta and version_of(self.alias, name, str(meta["model_id"])) is not None]
+        return sorted(own, key=version_number)
 
     def _current_version(self) -> str | None:
         answer = self.client.indices.get_alias(name=self.alias, ignore=[404])  # 404: no such alias yet
@@ -144,7 +168,9 @@ class OpenSearchIndex(VectorIndex):
         return self.alias if self.client.indices.exists(index=self.alias) else None  # a plain index, no alias
 
     def _create(self, info: IndexInfo) -> str:
-        name = next_version_name(self.alias, info.model_id, self._versions())
+        candidates = self._candidates()  # the numbering also skips names another alias happens to use
+        taken = [name for name in candidates if version_of(self.alias, name, info.model_id) is not None]
+        name = next_version_name(self.alias, info.model_id, self._versions(candidates) + taken)
         meta = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights, "alias": self.alias}
         self.client.indices.create(index=name, body=bodies.index_body(
             info.dim, self.m, self.ef_construction, self.ef_search, meta=meta))
