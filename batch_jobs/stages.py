@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from serve_app import storage
 from serve_app.embedding import ClipEmbedder, load_clip, load_processor
-from serve_app.images import ImageDecodeError, decode_image
+from serve_app.images import DECODE_MIN_SIDE, decode_image
 from serve_app.index.base import product_table
 from serve_app.phash import phash64
 
@@ -32,6 +32,9 @@ def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_B
                 timeout_s: float = storage.DEFAULT_TIMEOUT_S) -> Batch:
     """Fetch and decode each row's ``image``, hash it and preprocess it for CLIP.
 
+    Any exception while fetching, decoding, hashing or preprocessing one row makes that row bad (its reason in
+    ``error``), never the batch: a NUL byte in a path, a malformed URL or a decoder crash costs one row.
+
     Args:
         batch: columns of :class:`serve_app.catalog.Product` rows (``image`` is a full URI).
         model: hub id or folder whose image processor to use (the same as the embedding model's).
@@ -41,22 +44,19 @@ def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_B
         failed rows) and ``error`` (``""`` or the reason the row failed).
     """
     embedder = _processor_embedder(model)
+    side = max(DECODE_MIN_SIDE, embedder.input_side)
     n = len(batch["product_id"])
-    images, ok_rows = [], []
+    pixels = np.zeros((n,) + embedder.preprocess([]).shape[1:], np.uint8)  # [N, 3, H, W]
     phashes = np.zeros(n, np.int64)
     errors = np.array([""] * n, dtype=object)
     for i, uri in enumerate(batch["image"]):
         try:
-            image = decode_image(storage.read_bytes(str(uri), max_bytes=max_bytes, timeout_s=timeout_s))
-        except (storage.StorageError, ImageDecodeError) as e:
-            errors[i] = f"{type(e).__name__}: {e}"
-            continue
-        phashes[i] = phash64(image)
-        images.append(image)
-        ok_rows.append(i)
-    pixels_ok = embedder.preprocess(images)  # [n_ok, 3, H, W]
-    pixels = np.zeros((n,) + pixels_ok.shape[1:], np.uint8) if n else pixels_ok
-    pixels[ok_rows] = pixels_ok
+            image = decode_image(storage.read_bytes(str(uri), max_bytes=max_bytes, timeout_s=timeout_s),
+                                 min_side=side)
+            phashes[i] = phash64(image)
+            pixels[i] = embedder.preprocess([image])[0]
+        except Exception as e:  # noqa: BLE001 - one row's failure, whatever it is, is that row's reason
+            errors[i] = f"{type(e).__name__}: {str(e)[:500]}"
     return dict(batch) | {"phash": phashes, "pixels": pixels, "error": errors}
 
 

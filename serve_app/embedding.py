@@ -8,6 +8,7 @@ through the same preprocessing, precision and normalisation. Embeddings are floa
 """
 
 import contextlib
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,10 +17,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from serve_app.preprocess import ClipGeometry, clip_batch
 from serve_app.random_clip import RANDOM_WEIGHTS_MARKER
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DTYPES = ("float32", "bfloat16")
+RUNTIMES = ("torch", "onnx")
 
 
 class ModelLoadError(RuntimeError):
@@ -110,6 +113,7 @@ class ClipEmbedder:
     dtype: str = "float32"
     weights: str = "pretrained"
     device: str = "cpu"
+    runtime: str = "torch"
 
     @property
     def dim(self) -> int:
@@ -122,10 +126,24 @@ class ClipEmbedder:
             return torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @functools.cached_property
+    def geometry(self) -> ClipGeometry | None:
+        """The processor's resize/crop settings, or ``None`` when it is not CLIP's (then the processor runs)."""
+        try:
+            return ClipGeometry.from_processor(self.processor.image_processor)
+        except ValueError:
+            return None
+
+    @property
+    def input_side(self) -> int:
+        """Shortest-edge size the images are resized to, pixels (224 for ViT-B/32)."""
+        return self.geometry.size if self.geometry else int(self.processor.image_processor.crop_size["height"])
+
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Geometric CLIP preprocessing from the model folder's image processor: resize the shortest edge
-        (bicubic) and centre-crop. Rescaling and normalisation happen in :meth:`embed_pixels`, so what
-        travels between stages is 4× smaller than float32.
+        """Geometric CLIP preprocessing: resize the shortest edge (bicubic) and centre-crop, computed on the crop
+        box only (:func:`serve_app.preprocess.clip_batch`, within a few grey levels of the model folder's
+        image processor). Rescaling and normalisation happen in :meth:`embed_pixels`, so what travels between
+        stages is 4× smaller than float32.
 
         Args:
             images: RGB PIL images (see :func:`serve_app.images.decode_image`).
@@ -133,6 +151,8 @@ class ClipEmbedder:
         Returns:
             uint8 array of shape ``(N, 3, H, W)`` (224×224 for ViT-B/32).
         """
+        if self.geometry is not None:
+            return clip_batch(list(images), self.geometry)
         if not images:
             size = self.processor.image_processor.crop_size
             return np.zeros((0, 3, size["height"], size["width"]), np.uint8)
@@ -268,3 +288,16 @@ def load_model_config(model: str, check_processor: bool = True):
         return _from_pretrained(CLIPConfig, model)
     except Exception as e:
         raise ModelLoadError(_load_hint(model, e)) from e
+
+
+def load_embedder(model: str = DEFAULT_MODEL, dtype: str = "float32", runtime: str = "torch",
+                  num_threads: int | None = None, device: str | None = None) -> ClipEmbedder:
+    """The CLIP embedder for a runtime: ``"torch"`` (:func:`load_clip`) or ``"onnx"`` (ONNX Runtime on CPU).
+
+    Raises:
+        ValueError: unknown runtime, or a dtype the runtime does not offer.
+        ModelLoadError: the model cannot be loaded.
+    """
+    if runtime == "torch":
+        return load_clip(model, dtype=dtype, num_threads=num_threads, device=device)
+    raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")

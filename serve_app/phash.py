@@ -32,6 +32,11 @@ def to_hex(h: int) -> str:
     return f"{to_unsigned(h):016x}"
 
 
+def hash_array(hashes) -> np.ndarray:
+    """Hashes given as signed or unsigned 64-bit Python ints → the int64 ``(N,)`` array of their bits."""
+    return np.array([to_unsigned(int(h)) for h in hashes], dtype=np.uint64).view(np.int64)
+
+
 def hamming_distance(a: int, b: int) -> int:
     """Number of differing bits between two 64-bit hashes (0–64)."""
     return (to_unsigned(a) ^ to_unsigned(b)).bit_count()

@@ -1,0 +1,107 @@
+"""CLIP's geometric image preprocessing, fast and with bounded work (no Ray import).
+
+CLIP's image processor (``CLIPImageProcessor``: resize the shortest edge to ``size`` with bicubic resampling,
+then centre-crop ``crop × crop``; Radford et al. 2021, and the Hugging Face processor config of
+``openai/clip-vit-base-patch32``) first builds the whole resized image, then throws most of it away. For a
+1,600-px photo that is a 224×298 intermediate; for a 16×200,000 banner it is 224×2,800,000 pixels (seconds
+of CPU and gigabytes of memory for one request). :func:`clip_pixels` computes the same crop directly: it
+maps the centre-crop box back to source coordinates and resamples only that box
+(``PIL.Image.resize(..., box=...)``), after an integer box-filter reduction for large sources
+(``reducing_gap``, Pillow's "reduce before resample" optimisation). With :func:`draft` a JPEG is also decoded
+at 1/2, 1/4 or 1/8 scale by libjpeg's scaled IDCT when the source is more than twice as large as needed.
+
+Work per image is then bounded by the decoded pixels (itself bounded by ``max_pixels`` and the aspect-ratio
+limit in :mod:`serve_app.images`) and the output is always ``3 × crop × crop``. The result stays within a
+few grey levels of the Hugging Face processor's (``benchmarks/preprocess_speed.py`` measures the difference
+and the embedding cosine; ``tests/test_preprocess.py`` checks them).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+# Decode JPEGs at a reduced scale only while the short side stays at least this many times the target: the
+# scaled IDCT is a box-like filter, so a 2x margin keeps the final bicubic step doing the anti-aliasing.
+DRAFT_MARGIN = 2.0
+# Pillow reduces by an integer factor (box filter) until the source is at most this many times the output,
+# then resamples: the usual speed/quality trade of Image.thumbnail (Pillow docs, "reducing_gap").
+REDUCING_GAP = 3.0
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """The geometric part of a CLIP image processor config.
+
+    Attributes:
+        size: target length of the shortest edge after resizing, pixels (224 for ViT-B/32).
+        crop: side of the square centre crop, pixels (224).
+        resample: PIL resampling filter of the resize (``Image.BICUBIC`` = 3 in CLIP's config).
+    """
+
+    size: int = 224
+    crop: int = 224
+    resample: int = Image.BICUBIC
+
+    @classmethod
+    def from_processor(cls, image_processor) -> "ClipGeometry":
+        """Read ``size.shortest_edge``, ``crop_size`` and ``resample`` from a Hugging Face CLIP image processor.
+
+        Raises:
+            ValueError: the processor does not resize a shortest edge then centre-crop a square (not CLIP's
+                preprocessing; this module would not reproduce it).
+        """
+        size, crop = dict(image_processor.size), dict(image_processor.crop_size)
+        if not size.get("shortest_edge") or not getattr(image_processor, "do_center_crop", True) or \
+                crop.get("height") != crop.get("width"):
+            raise ValueError(f"expected a CLIP processor (shortest_edge resize + square centre crop), got size={size} "
+                             f"crop_size={crop}")
+        return cls(int(size["shortest_edge"]), int(crop["height"]), int(image_processor.resample or Image.BICUBIC))
+
+
+def crop_box(width: int, height: int, geometry: ClipGeometry) -> tuple[float, float, float, float]:
+    """The source-pixel box that CLIP's resize-then-centre-crop keeps, as floats ``(left, top, right, bottom)``.
+
+    Mirrors the Hugging Face processor: the shortest edge becomes ``size`` and the other ``int(size · long /
+    short)`` pixels, then the crop starts at ``(resized − crop) // 2`` on each axis.
+    """
+    short = min(width, height)
+    resized_w = geometry.size if width == short else int(geometry.size * width / short)
+    resized_h = geometry.size if height == short else int(geometry.size * height / short)
+    sx, sy = width / resized_w, height / resized_h  # source pixels per resized pixel
+    left, top = (resized_w - geometry.crop) // 2, (resized_h - geometry.crop) // 2
+    return left * sx, top * sy, (left + geometry.crop) * sx, (top + geometry.crop) * sy
+
+
+def draft(image: Image.Image, min_side: int) -> Image.Image:
+    """Ask a not-yet-loaded JPEG to decode at 1/2, 1/4 or 1/8 scale, keeping its short side ≥ ``min_side`` ·
+    :data:`DRAFT_MARGIN` pixels (``Image.draft``; a no-op for other formats and loaded images). Returns
+    ``image`` (configured in place)."""
+    if image.format == "JPEG":  # JpegImageFile.draft does nothing once the pixels are loaded
+        width, height = image.size
+        scale = max(1.0, min(width, height) / (min_side * DRAFT_MARGIN))
+        image.draft(image.mode if image.mode in ("RGB", "L") else None,
+                    (max(1, int(width / scale)), max(1, int(height / scale))))
+    return image
+
+
+def clip_pixels(image: Image.Image, geometry: ClipGeometry = ClipGeometry()) -> np.ndarray:
+    """CLIP's resize + centre crop of one RGB image, computed on the crop box only.
+
+    Args:
+        image: an RGB PIL image (see :func:`serve_app.images.decode_image`), any size ≥ 1×1.
+        geometry: the model's resize/crop settings (:meth:`ClipGeometry.from_processor`).
+
+    Returns:
+        uint8 array of shape ``(3, crop, crop)``.
+    """
+    box = crop_box(image.width, image.height, geometry)
+    out = image.resize((geometry.crop, geometry.crop), geometry.resample, box=box, reducing_gap=REDUCING_GAP)
+    return np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)  # [3, H, W]
+
+
+def clip_batch(images, geometry: ClipGeometry = ClipGeometry()) -> np.ndarray:
+    """:func:`clip_pixels` of each image stacked: uint8 ``(N, 3, crop, crop)`` (``N`` may be 0)."""
+    if not len(images):
+        return np.zeros((0, 3, geometry.crop, geometry.crop), np.uint8)
+    return np.stack([clip_pixels(im, geometry) for im in images])
