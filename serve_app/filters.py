@@ -6,8 +6,11 @@ number). Clauses are ANDed. The filter is applied **inside** the k-NN search by 
 """
 
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 KEYWORD_FIELDS = ("product_id", "category", "brand")
 NUMERIC_FIELDS = ("price",)
@@ -106,3 +109,22 @@ def to_sql(clauses: list[Clause]) -> str | None:
         for op, bound in c.ranges:
             parts.append(f"{c.field} {RANGE_OPS[op]} {bound!r}")
     return " AND ".join(parts) if parts else None
+
+
+_OPERATORS = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+
+
+def to_mask(clauses: list[Clause], columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Evaluate clauses over in-memory columns, as :func:`to_sql` would in a database: keyword columns are
+    object arrays (``None`` for null, never equal to a value), numeric columns float arrays (NaN for null,
+    never within a range). Returns a bool ``(N,)`` mask."""
+    n = len(next(iter(columns.values())))
+    mask = np.ones(n, dtype=bool)
+    for c in clauses:
+        column = columns[c.field]
+        if c.values:
+            mask &= np.isin(column, np.asarray(c.values, dtype=object))
+        for op, bound in c.ranges:
+            with np.errstate(invalid="ignore"):
+                mask &= _OPERATORS[op](column, bound)  # NaN compares False
+    return mask

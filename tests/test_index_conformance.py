@@ -50,13 +50,16 @@ def data():
     return vectors, queries, hashes
 
 
-@pytest.fixture(params=["lancedb", "opensearch"])
+@pytest.fixture(params=["lancedb", "lancedb-sql", "opensearch"])
 def backend(request, tmp_path, monkeypatch):
-    """``(uri, module)`` of a fresh, empty index location for each backend."""
-    if request.param == "lancedb":
+    """``(uri, module)`` of a fresh, empty index location for each backend. LanceDB runs twice: answering small
+    tables from its in-memory snapshot (the default) and with every query going to LanceDB itself."""
+    if request.param.startswith("lancedb"):
         from serve_app.index import lancedb_backend as module
 
         monkeypatch.setattr(module, "READ_CONSISTENCY_S", 0.0)
+        if request.param == "lancedb-sql":
+            monkeypatch.setattr(module, "MEMORY_ROWS", 0)
         yield str(tmp_path / "lancedb"), module
         return
     if not OPENSEARCH_URL:

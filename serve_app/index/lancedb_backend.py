@@ -29,10 +29,13 @@ from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, H
                                   IndexOpenError, VectorIndex, check_query_vectors, check_same_dimension,
                                   next_version_name, product_metadata, row_schema, stored_schema, version_of,
                                   versions_to_drop)
+from serve_app.index.memory import COLUMNS as MEMORY_COLUMNS
+from serve_app.index.memory import DEFAULT_MEMORY_ROWS, MemorySnapshot
 from serve_app.phash import pack_bits
 
 TABLE = "products"  # the alias; physical tables are version_name(TABLE, model, N)
 READ_CONSISTENCY_S = 10.0
+MEMORY_ROWS = DEFAULT_MEMORY_ROWS
 INFO_FILE = "visual_search.json"
 LEASE_FILE = "visual_search.lock"
 
@@ -46,6 +49,9 @@ class LanceDBIndex(VectorIndex):
             version (incremental ingestion); an existing index's dimension is checked against it.
         version: open this physical version instead of following the alias (ingestion writers).
         ann_min_rows: build an ANN index in :meth:`finish_bulk_load` from this many rows (default 50,000).
+        memory_rows: a table without an ANN index and at most this many rows is searched from an in-memory
+            snapshot (:mod:`serve_app.index.memory`: exact, the same answers, without LanceDB's per-query cost);
+            0 always queries LanceDB; ``None``: :data:`MEMORY_ROWS` (50,000).
         nprobes: IVF partitions probed per query (LanceDB default 20).
         ef: HNSW candidate list size per query.
         refine_factor: re-rank ``k × refine_factor`` candidates on full vectors.
@@ -56,12 +62,16 @@ class LanceDBIndex(VectorIndex):
     """
 
     def __init__(self, uri: str, info: IndexInfo | None = None, version: str | None = None,
-                 ann_min_rows: int = 50_000, nprobes: int = 20, ef: int = 100, refine_factor: int = 5):
+                 ann_min_rows: int = 50_000, nprobes: int = 20, ef: int = 100, refine_factor: int = 5,
+                 memory_rows: int | None = None):
         import lancedb
 
         self.uri = uri
         self.ann_min_rows = ann_min_rows
         self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
+        self.memory_rows = MEMORY_ROWS if memory_rows is None else memory_rows
+        self._snapshot: MemorySnapshot | None = None
+        self._snapshot_checked_at = -1e9
         self._follow_alias = version is None
         # Re-check the table version at most every READ_CONSISTENCY_S, so a long-running Retriever sees
         # re-ingestions (LanceDB's default never re-checks).
@@ -104,6 +114,7 @@ class LanceDBIndex(VectorIndex):
         self._tbl = self._db.open_table(version)
         self._alias_checked_at = time.monotonic()
         self._ann_checked_at = -1e9
+        self._snapshot = None
 
     @property
     def _table(self):
@@ -155,10 +166,27 @@ class LanceDBIndex(VectorIndex):
                                   pa.FixedSizeListArray.from_arrays(pa.array(bits.ravel(), pa.uint8()), 8))
         (self._table.merge_insert("product_id").when_matched_update_all().when_not_matched_insert_all()
          .execute(rows))
+        self._snapshot = None
         return rows.num_rows
 
     def count(self) -> int:
         return self._table.count_rows()
+
+    def _memory(self) -> MemorySnapshot | None:
+        """The in-memory snapshot of the current table version, when it may be used (see ``memory_rows``);
+        the version is re-checked at most every READ_CONSISTENCY_S, like the table itself."""
+        if not self.memory_rows or self.has_ann_index():
+            return None
+        table = self._table
+        if self._snapshot is not None and time.monotonic() - self._snapshot_checked_at <= READ_CONSISTENCY_S:
+            return self._snapshot
+        self._snapshot_checked_at = time.monotonic()
+        version = table.version
+        if self._snapshot is None or self._snapshot.version != version:
+            rows = table.count_rows()
+            self._snapshot = None if rows > self.memory_rows else MemorySnapshot.from_arrow(
+                table.search().select(MEMORY_COLUMNS).limit(max(1, rows)).to_arrow(), version, self.info.dim)
+        return self._snapshot
 
     def has_ann_index(self) -> bool:
         """Whether the ``vector`` column has an ANN index (re-checked at most every READ_CONSISTENCY_S)."""
@@ -183,6 +211,9 @@ class LanceDBIndex(VectorIndex):
         n_queries = len(vectors)
         if n_queries == 0:
             return []
+        memory = self._memory()
+        if memory is not None:
+            return memory.search(vectors, k, filters)
         query = (self._table.search(list(vectors) if n_queries > 1 else vectors[0], vector_column_name="vector")
                  .distance_type("cosine").limit(k).select(list(METADATA_FIELDS) + ["_distance"]))
         where = to_sql(filters or [])
@@ -206,6 +237,9 @@ class LanceDBIndex(VectorIndex):
         """LanceDB flat search with ``distance_type("hamming")`` on ``phash_bits`` (exact)."""
         if not hashes:
             return []
+        memory = self._memory()
+        if memory is not None:
+            return memory.hamming_search(hashes, k, max_distance, filters)
         bits = pack_bits(np.asarray(hashes, dtype=np.int64))
         query = (self._table.search(list(bits) if len(bits) > 1 else bits[0], vector_column_name="phash_bits")
                  .distance_type("hamming").limit(k).select(list(METADATA_FIELDS) + ["phash", "_distance"])
@@ -228,6 +262,9 @@ class LanceDBIndex(VectorIndex):
     def vectors(self, product_ids: list[str]) -> dict[str, np.ndarray]:
         if not product_ids:
             return {}
+        memory = self._memory()
+        if memory is not None:
+            return memory.vectors_of(product_ids)
         table = (self._table.search().where(_ids_in(product_ids)).select(["product_id", "vector"])
                  .limit(len(product_ids)).to_arrow())
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
@@ -246,11 +283,15 @@ class LanceDBIndex(VectorIndex):
             return 0
         before = self.count()
         self._table.delete(_ids_in(product_ids))
+        self._snapshot = None
         return before - self.count()
 
     def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
         if not product_ids:
             return []
+        memory = self._memory()
+        if memory is not None:
+            return memory.get(product_ids)
         rows = (self._table.search().where(_ids_in(product_ids)).select(list(METADATA_FIELDS) + ["phash"])
                 .limit(len(product_ids)).to_arrow().to_pylist())
         return [product_metadata(r) | {"phash": r["phash"]} for r in rows]
