@@ -13,6 +13,7 @@ from pathlib import Path
 
 from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy
 from serve_app.embedding import DEFAULT_MODEL, ModelLoadError, load_model_config
+from serve_app.serve_env import apply_serve_env
 
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM_BASE = Path("./data/models/clip-random-base").resolve()
@@ -58,7 +59,7 @@ def cmd_demo(args) -> int:
     ray.shutdown()
     if args.no_serve:
         return 0
-    env = os.environ | {"VS_MODEL": model, "VS_INDEX": index, "RAY_AUTH_MODE": "disabled"}
+    env = apply_serve_env(os.environ | {"VS_MODEL": model, "VS_INDEX": index, "RAY_AUTH_MODE": "disabled"})
     if args.dtype:
         env["VS_DTYPE"] = args.dtype
     serve = start_serve(ROOT / "configs" / "serve.yaml", env, ROOT)

@@ -1,7 +1,7 @@
 """``build_app(args) -> Application``: the one place that binds the Serve deployment graph.
 
-Ingress (FastAPI) → Encoder (CLIP, ``@serve.batch``) → Retriever (k-NN index), and for video
-Ingress → VideoDecoder → FrameDeduper → Encoder → Retriever (fusion). Used by
+Ingress (FastAPI; prepares query photos) → Encoder (CLIP, ``@serve.batch``) → Retriever (k-NN index), and for
+video Ingress → VideoDecoder (decode, pHash dedup, shots) → Encoder → Retriever (fusion). Used by
 ``serve run configs/serve.yaml`` (``import_path: serve_app.app:build_app``) and by the tests.
 """
 
@@ -10,7 +10,7 @@ from ray.serve import Application
 from serve_app.config import AppArgs
 from serve_app.deployments import Encoder, Retriever
 from serve_app.ingress import Ingress
-from serve_app.video_deployments import FrameDeduper, VideoDecoder
+from serve_app.video_deployments import VideoDecoder
 
 
 def build_app(args: dict | None = None) -> Application:
@@ -20,8 +20,7 @@ def build_app(args: dict | None = None) -> Application:
         ValueError: unknown or invalid args (the message lists the valid ones).
     """
     config = AppArgs.from_args(args)
-    encoder = Encoder.bind(config.model, config.dtype, config.encoder_threads, config.max_image_pixels)
+    encoder = Encoder.bind(config.model, config.dtype, config.runtime, config.encoder_threads)
     retriever = Retriever.bind(config.index, config.index_options())
     decoder = VideoDecoder.bind(config.max_video_duration_s, config.max_video_frames)
-    deduper = FrameDeduper.bind()
-    return Ingress.bind(encoder, retriever, decoder, deduper, config.model_dump())
+    return Ingress.bind(encoder, retriever, decoder, config.model_dump())

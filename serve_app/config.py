@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from serve_app.embedding import DEFAULT_MODEL
+from serve_app.images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 from serve_app.near_duplicates import DEFAULT_CLIP_MIN_SCORE, DEFAULT_CONFIRM_MIN_SCORE, DEFAULT_MAX_DISTANCE
 from serve_app.video import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_FRAMES
 
@@ -25,9 +26,13 @@ class AppArgs(BaseModel):
     model: str = DEFAULT_MODEL
     index: str = "./data/index"
     dtype: Literal["float32", "bfloat16"] = "float32"
-    encoder_threads: int | None = Field(None, ge=1, description="torch threads per Encoder replica")
+    runtime: Literal["torch", "onnx"] = "torch"
+    encoder_threads: int | None = Field(None, ge=1, description="intra-op threads per Encoder replica (default: "
+                                                                "its CPU share rounded up)")
     max_upload_bytes: int = Field(10 * MiB, ge=1024, description="uploads above this get 413")
-    max_image_pixels: int = Field(90_000_000, ge=10_000, description="decompression-bomb limit")
+    max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=10_000, description="decompression-bomb limit")
+    max_aspect_ratio: float = Field(MAX_ASPECT_RATIO, ge=1.0, description="longer / shorter side of a query photo")
+    request_timeout_s: float = Field(30.0, gt=0, le=600, description="a stage slower than this answers 503")
     max_k: int = Field(1000, ge=1, le=10_000)
     image_url_timeout_s: float = Field(5.0, gt=0, le=60)
     image_url_max_bytes: int = Field(10 * MiB, ge=1024)
@@ -43,6 +48,8 @@ class AppArgs(BaseModel):
                                         description="robust mode: cosine for CLIP alone")
     dedup_confirm_min_score: float = Field(DEFAULT_CONFIRM_MIN_SCORE, ge=-1, le=1,
                                            description="robust mode: cosine confirming pHash")
+    memory_rows: int = Field(50_000, ge=0, description="LanceDB: tables without an ANN index up to this many rows "
+                                                        "are searched exactly from memory (0: never)")
     ann_nprobes: int = Field(20, ge=1)
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)
@@ -73,4 +80,5 @@ class AppArgs(BaseModel):
             raise ValueError(f"invalid app args: {e}") from e
 
     def index_options(self) -> dict:
-        return {"nprobes": self.ann_nprobes, "ef": self.ann_ef, "refine_factor": self.ann_refine_factor}
+        return {"nprobes": self.ann_nprobes, "ef": self.ann_ef, "refine_factor": self.ann_refine_factor,
+                "memory_rows": self.memory_rows}

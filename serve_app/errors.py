@@ -4,26 +4,36 @@ Every error answers ``{"error": {"code": str, "message": str}}`` with a 4xx/5xx 
 specific Python errors; only the ingress turns them into HTTP here.
 """
 
+import asyncio
+
 from fastapi.responses import JSONResponse
 
 from serve_app.filters import FilterError
-from serve_app.images import ImageDecodeError, UnsupportedImageError
+from serve_app.images import ImageDecodeError, ImageLimitError, UnsupportedImageError
 from serve_app.index.base import QueryDimensionError
+from serve_app.query_image import CropError
 from serve_app.thumbnails import ProductNotFound, ThumbnailUnavailable
 from serve_app.url_fetch import UrlFetchError
 from serve_app.video import NoFramesError, VideoDecodeError, VideoLimitError
 
+RETRY_AFTER_S = 1  # what a 503 tells a client to wait before retrying, seconds
+
 
 class ApiError(Exception):
-    """An error with its HTTP status and code, raised by the ingress."""
+    """An error with its HTTP status and code (and extra headers, e.g. ``Retry-After``), raised by the ingress."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}})
+def unavailable(code: str, message: str, retry_after_s: int = RETRY_AFTER_S) -> ApiError:
+    """A 503 with ``Retry-After``: the service could not answer now, the request may be sent again."""
+    return ApiError(503, code, message, {"Retry-After": str(retry_after_s)})
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message}}, headers=headers)
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -38,6 +48,7 @@ def _cause(e: BaseException) -> BaseException:
 # ImageDecodeError). Errors that carry their own status (UrlFetchError) are handled in to_api_error.
 STATUS_OF = (
     (UnsupportedImageError, 415, "unsupported_media_type"),
+    (ImageLimitError, 422, "image_limit_exceeded"),
     (ImageDecodeError, 400, "invalid_image"),
     (VideoDecodeError, 415, "unsupported_media_type"),
     (VideoLimitError, 422, "video_limit_exceeded"),
@@ -46,11 +57,30 @@ STATUS_OF = (
     (ProductNotFound, 404, "not_found"),
     (QueryDimensionError, 503, "model_index_mismatch"),
     (ThumbnailUnavailable, 502, "thumbnail_unavailable"),
+    (CropError, 422, "invalid_request"),
 )
 
 
+def replica_failure(e: BaseException) -> ApiError | None:
+    """A 503 for a failure of the graph rather than of the request: a replica that died or is restarting, a
+    deployment over its queue limit, a hop that timed out. ``None`` for anything else."""
+    from ray.exceptions import ObjectLostError, OwnerDiedError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+
+    if isinstance(e, BackPressureError):
+        return unavailable("overloaded", "the service is at capacity; retry shortly")
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        return unavailable("timeout", "the request took longer than the service allows; retry shortly")
+    if isinstance(e, (RayActorError, DeploymentUnavailableError, RequestCancelledError, ObjectLostError,
+                      OwnerDiedError)):
+        return unavailable("service_unavailable", f"a stage of the service failed while answering "
+                                                  f"({type(e).__name__}); retry shortly")
+    return None
+
+
 def to_api_error(e: BaseException) -> ApiError:
-    """Map a stage or deployment error to an :class:`ApiError`; unknown errors become 500."""
+    """Map a stage or deployment error to an :class:`ApiError`: the stage's own error first, then a failure
+    of the graph (503, :func:`replica_failure`); anything else is a 500."""
     if isinstance(e, ApiError):
         return e
     cause = _cause(e)
@@ -59,4 +89,7 @@ def to_api_error(e: BaseException) -> ApiError:
     for error_type, status, code in STATUS_OF:
         if isinstance(cause, error_type):
             return ApiError(status, code, str(cause))
+    failure = replica_failure(e) or replica_failure(cause)
+    if failure is not None:
+        return failure
     return ApiError(500, "internal_error", f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")

@@ -109,3 +109,23 @@ def soft_text_filter(candidates: Sequence[dict[str, Any]], text_scores: dict[str
         fused.append(dict(c) | {"image_score": round(i, 6), "text_score": round(t, 6), "score": round(score, 6)})
     fused.sort(key=lambda r: (-r["score"], -r["image_score"], r["product_id"]))
     return fused[:k]
+
+
+def fuse_shots(per_frame: Sequence[Sequence[dict[str, Any]]], times: Sequence[float], shots, k: int,
+               method: str = "max") -> list[dict[str, Any]]:
+    """Each shot's own ranking: :func:`fuse` over the kept frames that stand for the shot.
+
+    Args:
+        per_frame: k-NN results per kept frame (as for :func:`fuse`). times: kept frame times, seconds.
+        shots: :class:`serve_app.frame_dedup.Shot` list, in time order. k: results per shot.
+
+    Returns:
+        One dict per shot: ``t_start``, ``t_end`` (seconds), ``frames`` (``[{"t": seconds}]`` of its kept
+        frames) and ``results`` (its top ``k``, fused as :func:`fuse` does).
+    """
+    out = []
+    for shot in shots:
+        frames = list(shot.frames)
+        out.append({"t_start": shot.t_start, "t_end": shot.t_end, "frames": [{"t": times[i]} for i in frames],
+                    "results": fuse([per_frame[i] for i in frames], [times[i] for i in frames], k, method)})
+    return out

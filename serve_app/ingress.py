@@ -1,58 +1,50 @@
-"""HTTP ingress (FastAPI on Ray Serve): validates requests, chains the stages, shapes responses.
+"""HTTP ingress (FastAPI on Ray Serve): validates requests, prepares query photos, chains the stages.
 
-No model or index code here. The ingress reads an upload once, passes its bytes to the Encoder, hands the
-Encoder's ``DeploymentResponse`` straight to the Retriever and awaits only the Retriever's answer (Ray Serve
-"model composition" guide). Errors follow the contract envelope (:mod:`serve_app.errors`).
+No model or index code here. A photo is read (or fetched) once and turned into CLIP's uint8 input here
+(:func:`serve_app.query_image.prepare_query_image`, in a worker thread): the Encoder receives 150 KB of
+pixels, never the upload. The ingress hands the Encoder's ``DeploymentResponse`` straight to the Retriever and
+awaits only the Retriever's answer (Ray Serve "model composition" guide). Hops per path: text and photo
+search 2 (Encoder, Retriever), video 3 (VideoDecoder, Encoder, Retriever), ``find_similar`` 1 (Retriever; 2 in
+robust mode). Errors follow the contract envelope (:mod:`serve_app.errors`); a failed hop is retried once
+(every endpoint only reads), then answers 503 with ``Retry-After``.
 """
 # No `from __future__ import annotations` here: FastAPI must see real types to recognise UploadFile.
 
 import asyncio
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.config import AppArgs
-from serve_app.errors import ApiError, error_response, to_api_error
-from serve_app.filters import FilterError, parse_filters
+from serve_app.errors import ApiError, error_response, replica_failure, to_api_error
 from serve_app.images import ImageDecodeError, open_image
+from serve_app.preprocess import ClipGeometry
+from serve_app.query_image import QueryImage, prepare_query_image
+from serve_app.request_params import (CROP_FIELD, MAX_K, MIN_SCORE_FIELD, OFFSET_FIELD, TEXT_FIELD, TEXT_WEIGHT_FIELD,
+                                      TextQuery, check_filters, check_page, crop_field, filters_field,
+                                      soft_filter_args)
+from serve_app.results import search_body, video_body
 from serve_app.thumbnails import DEFAULT_SIZE, ByteLRU, clamp_size, etag
 from serve_app.url_fetch import fetch_image_url
 
-MAX_K = 1000
 STATIC_DIR = Path(__file__).parent / "static"
 THUMBNAIL_MAX_AGE_S = 300
 app = FastAPI(title="Visual Search", version="0.1.0",
-              description="Search a product catalog by photo or text (CLIP embeddings, k-NN).")
+              description="Search a product catalog by photo, text or video (CLIP embeddings, k-NN).")
 # The web page's assets (the page itself is GET /); everything is served from this origin, nothing external.
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
-class TextQuery(BaseModel):
-    query: str = Field(..., description="free-text description of the product", max_length=2000)
-    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
-    filters: dict[str, Any] | None = Field(None, description='e.g. {"category": ["food"], "price": {"lte": 20}}')
-
-    @field_validator("query")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("query must not be empty")
-        return v
-
-
 @app.exception_handler(ApiError)
 async def _api_error(_: Request, e: ApiError):
-    return error_response(e.status, e.code, e.message)
+    return error_response(e.status, e.code, e.message, e.headers)
 
 
 @app.exception_handler(RequestValidationError)
@@ -73,60 +65,43 @@ async def _http_error(_: Request, e: StarletteHTTPException):
 @app.exception_handler(Exception)
 async def _unhandled(_: Request, e: Exception):
     err = to_api_error(e)
-    return error_response(err.status, err.code, err.message)
+    return error_response(err.status, err.code, err.message, err.headers)
 
 
-def _check_filters(filters: dict | None) -> dict | None:
-    """Validate early (422 before any model work); the Retriever parses again for its backend."""
-    try:
-        parse_filters(filters)
-    except FilterError as e:
-        raise to_api_error(e) from None
-    return filters
-
-
-TEXT_FIELD = Form(None, max_length=2000, description="soft filter: a description that re-ranks the visual results")
-TEXT_WEIGHT_FIELD = Form(None, ge=0.0, le=1.0, description="weight w of the text in the fused score, default 0.5")
-DEFAULT_TEXT_WEIGHT = 0.5
-
-
-def _soft_filter_args(text: str | None, text_weight: float | None) -> tuple[str | None, float]:
-    """Validate the soft text filter fields: ``text_weight`` needs a non-blank ``text``."""
-    if text is not None and not text.strip():
-        text = None
-    if text is None and text_weight is not None:
-        raise ApiError(422, "invalid_request", "text_weight: give a `text` to weigh (the soft text filter)")
-    return text, DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight
-
-
-def _parse_filters_field(filters: str | None) -> dict | None:
-    if filters is None or not filters.strip():
-        return None
-    try:
-        parsed = json.loads(filters)
-    except json.JSONDecodeError as e:
-        raise ApiError(422, "invalid_filter", f"filters must be a JSON object: {e.msg} at column {e.colno}") from e
-    if not isinstance(parsed, dict):
-        raise ApiError(422, "invalid_filter", f"filters must be a JSON object, got {type(parsed).__name__}")
-    return _check_filters(parsed)
+def _elapsed_ms(started: float) -> float:
+    return 1000 * (time.perf_counter() - started)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
 @serve.ingress(app)
 class Ingress:
-    """The HTTP front door; holds handles to the Encoder and Retriever deployments."""
+    """The HTTP front door; holds handles to the Encoder, Retriever and VideoDecoder deployments."""
 
     def __init__(self, encoder: DeploymentHandle, retriever: DeploymentHandle, decoder: DeploymentHandle,
-                 deduper: DeploymentHandle, args: dict):
-        self.encoder, self.retriever, self.decoder, self.deduper = encoder, retriever, decoder, deduper
+                 args: dict):
+        self.encoder, self.retriever, self.decoder = encoder, retriever, decoder
         self.args = AppArgs(**args)
         self.thumbnails = ByteLRU(ttl_s=THUMBNAIL_MAX_AGE_S)  # (product_id, size) → JPEG bytes
+        self._geometry: ClipGeometry | None = None
 
-    @staticmethod
-    def _check_size(request: Request, limit: int) -> None:
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limit + 64 * 1024:
-            raise ApiError(413, "payload_too_large", f"request body is {declared} bytes; uploads are limited to {limit}")
+    async def _call(self, make, retries: int = 1):
+        """Await ``make()`` (a deployment response or chain of them) within ``request_timeout_s``. A replica that
+        died mid-request gets the request once more (every call is a read); any other stage error becomes its
+        :class:`ApiError`."""
+        for attempt in range(retries + 1):
+            try:
+                return await asyncio.wait_for(make(), self.args.request_timeout_s)
+            except Exception as e:
+                failure = replica_failure(e)
+                if failure is None or failure.code != "service_unavailable" or attempt == retries:
+                    raise to_api_error(e) from None
+
+    async def _geometry_of_model(self) -> ClipGeometry:
+        """The served model's resize/crop settings (asked of the Encoder once)."""
+        if self._geometry is None:
+            info = await self._call(lambda: self.encoder.info.remote())
+            self._geometry = ClipGeometry(**info["geometry"]) if info["geometry"] else ClipGeometry()
+        return self._geometry
 
     @staticmethod
     async def _read_upload(file: UploadFile, limit: int) -> bytes:
@@ -135,29 +110,31 @@ class Ingress:
             raise ApiError(413, "payload_too_large", f"uploaded file is over the {limit}-byte limit")
         return data
 
-    def _check_image(self, data: bytes) -> None:
-        """415/400 here, from the header alone, for bytes that are not an image or are too large: the replicas
-        then only see identifiable images (a truncated body is still found when the Encoder decodes it)."""
+    async def _image_bytes(self, file: UploadFile | None, image_url: str | None) -> bytes:
+        """Exactly one of an upload or an ``image_url`` (fetched under the SSRF, size and time limits)."""
+        if (file is None) == (not image_url):
+            raise ApiError(422, "invalid_request", "send exactly one of a multipart `file` or an `image_url` field")
+        if file is not None:
+            return await self._read_upload(file, self.args.max_upload_bytes)
         try:
-            open_image(data, self.args.max_image_pixels)
-        except ImageDecodeError as e:
-            raise to_api_error(e) from None
-
-    @staticmethod
-    async def _answer(pending):
-        """Await a deployment response (or a coroutine); a stage error becomes its :class:`ApiError`."""
-        try:
-            return await pending
+            return await fetch_image_url(image_url, self.args.image_url_max_bytes, self.args.image_url_timeout_s,
+                                         self.args.image_url_allow_networks)
         except Exception as e:
             raise to_api_error(e) from None
 
-    async def _fetch(self, image_url: str) -> bytes:
-        """The image at ``image_url`` under the app's SSRF, size and time limits (see url_fetch)."""
-        return await self._answer(fetch_image_url(image_url, self.args.image_url_max_bytes,
-                                                  self.args.image_url_timeout_s, self.args.image_url_allow_networks))
-
-    async def _search(self, vector_response, k: int, filters: dict | None) -> list[dict]:
-        return (await self._answer(self.retriever.search.remote(vector_response, k, filters)))[0]
+    async def _photo(self, data: bytes, crop, pixels: bool = True, phash: bool = False) -> QueryImage:
+        """Decode and prepare a query photo in a worker thread (415/400/422 for what is not a usable image)."""
+        try:
+            open_image(data, self.args.max_image_pixels, self.args.max_aspect_ratio)  # header only: fail fast
+        except ImageDecodeError as e:
+            raise to_api_error(e) from None
+        geometry = await self._geometry_of_model()
+        try:
+            return await asyncio.to_thread(prepare_query_image, data, geometry, pixels=pixels, phash=phash, crop=crop,
+                                           max_pixels=self.args.max_image_pixels,
+                                           max_aspect_ratio=self.args.max_aspect_ratio)
+        except ImageDecodeError as e:
+            raise to_api_error(e) from None
 
     @app.get("/", include_in_schema=False)
     async def page(self):
@@ -168,7 +145,7 @@ class Ingress:
     async def facets(self):
         """Filter values: ``{"products", "facets": {"category"|"brand": [{"value", "count"}]}, "ranges":
         {"price": {"min", "max", "count"}}}``, counts descending."""
-        return await self._answer(self.retriever.facets.remote())
+        return await self._call(lambda: self.retriever.facets.remote())
 
     @app.get("/thumbnails/{product_id:path}", response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}}})
@@ -179,7 +156,7 @@ class Ingress:
         size = clamp_size(size)
         body = self.thumbnails.get((product_id, size))
         if body is None:
-            body = await self._answer(self.retriever.thumbnail.remote(product_id, size))
+            body = await self._call(lambda: self.retriever.thumbnail.remote(product_id, size))
             self.thumbnails.put((product_id, size), body)
         headers = {"ETag": etag(body), "Cache-Control": f"public, max-age={THUMBNAIL_MAX_AGE_S}"}
         if headers["ETag"] in request.headers.get("if-none-match", ""):
@@ -188,11 +165,12 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self):
-        """200 when the model and index are loaded: product count, model id, weights kind."""
-        encoder, index = await asyncio.gather(self.encoder.info.remote(), self.retriever.info.remote())
+        """200 when the model and index are loaded: product count, model id, weights kind, runtime, precision."""
+        encoder, index = await asyncio.gather(self._call(lambda: self.encoder.info.remote()),
+                                              self._call(lambda: self.retriever.info.remote()))
         body = {"status": "ok", "products": index["products"], "model_id": encoder["model_id"],
-                "model_weights": encoder["weights"], "dtype": encoder["dtype"], "dim": encoder["dim"],
-                "index": index["index"], "index_model_id": index["model_id"]}
+                "model_weights": encoder["weights"], "runtime": encoder["runtime"], "dtype": encoder["dtype"],
+                "dim": encoder["dim"], "index": index["index"], "index_model_id": index["model_id"]}
         if encoder["dim"] != index["dim"]:
             return error_response(503, "model_index_mismatch",
                                   f"index holds {index['dim']}-d embeddings from {index['model_id']!r} but the model "
@@ -203,96 +181,94 @@ class Ingress:
     async def search_text(self, body: TextQuery):
         """Text → CLIP text embedding → k-NN over product image embeddings."""
         started = time.perf_counter()
-        _check_filters(body.filters)
-        vector = self.encoder.embed_text.remote(body.query)
-        results = await self._search(vector, body.k, body.filters)
-        return {"results": results, "k": body.k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+        check_filters(body.filters)
+        check_page(body.k, body.offset, self.args.max_k)
+        results = await self._call(lambda: self.retriever.search.remote(
+            self.encoder.embed_text.remote(body.query), body.k, body.filters, body.offset, body.min_score))
+        return search_body(results, body.k, _elapsed_ms(started), body.offset, body.min_score)
 
     @app.post("/search/image")
-    async def search_image(self, request: Request, file: UploadFile | None = File(None),
-                           image_url: str | None = Form(None), k: int = Form(10, ge=1, le=MAX_K),
-                           filters: str | None = Form(None, description="JSON object"),
+    async def search_image(self, file: UploadFile | None = File(None), image_url: str | None = Form(None),
+                           k: int = Form(10, ge=1, le=MAX_K), offset: int = OFFSET_FIELD,
+                           min_score: float | None = MIN_SCORE_FIELD,
+                           filters: str | None = Form(None, description="JSON object"), crop: str | None = CROP_FIELD,
                            text: str | None = TEXT_FIELD, text_weight: float | None = TEXT_WEIGHT_FIELD):
-        """Photo (multipart ``file`` or form field ``image_url``) → CLIP image embedding → k-NN; with ``text``,
-        re-ranked by ``(1 − w)·minmax(image_score) + w·minmax(text_score)`` (see README, "Soft text filter")."""
+        """Photo (multipart ``file`` or form field ``image_url``; ``crop``: a region of it) → CLIP image embedding
+        → k-NN; with ``text``, re-ranked by ``(1 − w)·minmax(image_score) + w·minmax(text_score)`` (README,
+        "Soft text filter")."""
         started = time.perf_counter()
-        self._check_size(request, self.args.max_upload_bytes)
-        parsed_filters = _parse_filters_field(filters)
-        text, text_weight = _soft_filter_args(text, text_weight)
-        if (file is None) == (not image_url):
-            raise ApiError(422, "invalid_request", "send exactly one of a multipart `file` or an `image_url` field")
-        if file is not None:
-            data = await self._read_upload(file, self.args.max_upload_bytes)
-        else:
-            data = await self._fetch(image_url)
-        self._check_image(data)
-        vector = self.encoder.embed_image.remote(data)
+        parsed_filters, box = filters_field(filters), crop_field(crop)
+        text, text_weight = soft_filter_args(text, text_weight)
+        check_page(k, offset, self.args.max_k)
+        photo = await self._photo(await self._image_bytes(file, image_url), box)
         if text is None:
-            results = await self._search(vector, k, parsed_filters)
-            return {"results": results, "k": k, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
-        text_vector = self.encoder.embed_text.remote(text)
-        results = await self._answer(self.retriever.search_soft.remote(vector, text_vector, k, parsed_filters,
-                                                                       text_weight))
-        return {"results": results, "k": k, "text": text, "text_weight": text_weight,
-                "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+            results = await self._call(lambda: self.retriever.search.remote(
+                self.encoder.embed_pixels.remote(photo.pixels), k, parsed_filters, offset, min_score))
+            return search_body(results, k, _elapsed_ms(started), offset, min_score)
+        results = await self._call(lambda: self.retriever.search_soft.remote(
+            self.encoder.embed_pixels.remote(photo.pixels), self.encoder.embed_text.remote(text), k, parsed_filters,
+            text_weight, offset, min_score))
+        return search_body(results, k, _elapsed_ms(started), offset, min_score, text=text, text_weight=text_weight)
 
-    async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str) -> dict:
+    async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str, crop) -> dict:
         started = time.perf_counter()
         max_distance = self.args.dedup_max_distance if max_distance is None else max_distance
-        self._check_image(data)
-        vector = self.encoder.embed_image.remote(data) if mode == "robust" else None
+        photo = await self._photo(data, crop, pixels=mode == "robust", phash=True)
         thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
                       "confirm_min_score": self.args.dedup_confirm_min_score}
-        body = await self._answer(self.retriever.find_similar.remote(data, top, max_distance, mode, vector,
-                                                                     thresholds))
+        body = await self._call(lambda: self.retriever.find_similar.remote(
+            photo.phash, top, max_distance, mode,
+            self.encoder.embed_pixels.remote(photo.pixels) if mode == "robust" else None, thresholds))
         if mode == "robust":
             body |= thresholds
-        return body | {"top": top, "took_ms": round(1000 * (time.perf_counter() - started), 2)}
+        return body | {"top": top, "took_ms": round(_elapsed_ms(started), 2)}
 
     @app.get("/find_similar")
     async def find_similar_url(self, image_url: str, top: int = Query(10, ge=1, le=MAX_K),
                                max_distance: int | None = Query(None, ge=0, le=64),
-                               mode: str = Query("phash", pattern="^(phash|robust)$")):
+                               mode: str = Query("phash", pattern="^(phash|robust)$"),
+                               crop: str | None = Query(None, description="JSON [x0, y0, x1, y1] fractions")):
         """Near-duplicate listings of the image at ``image_url`` (same SSRF and size rules as image search):
         per hit ``hamming_distance`` (0–64 bits) and ``match_percent`` = 100·(1 − d/64), closest first."""
-        return await self._find_similar(await self._fetch(image_url), top, max_distance, mode)
+        box = crop_field(crop)
+        return await self._find_similar(await self._image_bytes(None, image_url), top, max_distance, mode, box)
 
     @app.post("/find_similar")
-    async def find_similar_upload(self, request: Request, file: UploadFile = File(...),
-                                  top: int = Form(10, ge=1, le=MAX_K),
+    async def find_similar_upload(self, file: UploadFile = File(...), top: int = Form(10, ge=1, le=MAX_K),
                                   max_distance: int | None = Form(None, ge=0, le=64),
-                                  mode: str = Form("phash", pattern="^(phash|robust)$")):
+                                  mode: str = Form("phash", pattern="^(phash|robust)$"), crop: str | None = CROP_FIELD):
         """Near-duplicate listings of an uploaded image (``mode=robust`` adds CLIP image k-NN candidates)."""
-        self._check_size(request, self.args.max_upload_bytes)
-        data = await self._read_upload(file, self.args.max_upload_bytes)
-        return await self._find_similar(data, top, max_distance, mode)
+        box = crop_field(crop)
+        return await self._find_similar(await self._image_bytes(file, None), top, max_distance, mode, box)
 
     @app.post("/search/video")
-    async def search_video(self, request: Request, file: UploadFile = File(..., description="video clip"),
-                           k: int = Form(10, ge=1, le=MAX_K), fps: float = Form(1.0, gt=0),
+    async def search_video(self, file: UploadFile = File(..., description="video clip"),
+                           k: int = Form(10, ge=1, le=MAX_K), offset: int = OFFSET_FIELD,
+                           min_score: float | None = MIN_SCORE_FIELD, fps: float = Form(1.0, gt=0),
                            max_frames: int | None = Form(None, ge=1), fusion: str = Form("max", pattern="^(max|rrf)$"),
                            filters: str | None = Form(None, description="JSON object"),
                            frame_thumbnails: bool = Form(False, description="add kept_frames[i].thumbnail, a "
                                                          "~96 px high JPEG data URL of each kept frame"),
                            text: str | None = TEXT_FIELD, text_weight: float | None = TEXT_WEIGHT_FIELD):
-        """Clip → sample at ``fps`` → pHash frame dedup → CLIP (one batch) → multi-query k-NN → fusion."""
+        """Clip → sample at ``fps`` → pHash frame dedup and shots → CLIP (one batch) → multi-query k-NN → fusion:
+        one ranking for the clip and one per shot (``shots``)."""
         started = time.perf_counter()
-        self._check_size(request, self.args.max_video_bytes)
-        parsed_filters = _parse_filters_field(filters)
-        text, text_weight = _soft_filter_args(text, text_weight)
+        parsed_filters = filters_field(filters)
+        text, text_weight = soft_filter_args(text, text_weight)
+        check_page(k, offset, self.args.max_k)
         if fps > self.args.max_video_fps:
             raise ApiError(422, "invalid_request", f"fps: at most {self.args.max_video_fps:g} frames per second")
         if max_frames is not None and max_frames > self.args.max_video_frames:
             raise ApiError(422, "video_limit_exceeded",
                            f"max_frames: at most {self.args.max_video_frames} frames per clip")
         data = await self._read_upload(file, self.args.max_video_bytes)
-        clip = self.decoder.decode.remote(data, fps, max_frames)
-        clip = self.deduper.dedup.remote(clip, frame_thumbnails)
-        clip = self.encoder.embed_clip.remote(clip)
-        text_vector = None if text is None else self.encoder.embed_text.remote(text)
-        body = await self._answer(self.retriever.search_clip.remote(clip, k, parsed_filters, fusion, text_vector,
-                                                                    text_weight))
-        if text is not None:
-            body |= {"text": text, "text_weight": text_weight}
-        body["took_ms"]["total"] = round(1000 * (time.perf_counter() - started), 2)
-        return body
+
+        def chain():
+            clip = self.encoder.embed_clip.remote(self.decoder.decode.remote(data, fps, max_frames, frame_thumbnails))
+            text_vector = None if text is None else self.encoder.embed_text.remote(text)
+            return self.retriever.search_clip.remote(clip, k, parsed_filters, fusion, text_vector, text_weight,
+                                                     offset, min_score)
+
+        answer = await self._call(chain)
+        extra = {"text": text, "text_weight": text_weight} if text is not None else {}
+        return video_body(answer, k, _elapsed_ms(started), offset, min_score, fusion=fusion, **extra)

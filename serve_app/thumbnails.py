@@ -17,7 +17,8 @@ from collections.abc import Callable, Hashable
 import numpy as np
 from PIL import Image
 
-from serve_app.images import decode_image
+from serve_app import storage
+from serve_app.images import ImageDecodeError, decode_image
 
 MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 64, 512, 256
 JPEG_QUALITY = 85
@@ -55,10 +56,31 @@ def render_thumbnail(data: bytes, size: int = DEFAULT_SIZE) -> bytes:
     Raises:
         UnsupportedImageError, ImageDecodeError: ``data`` is not a decodable image.
     """
-    image = decode_image(data)
     side = clamp_size(size)
+    image = decode_image(data, min_side=side)  # a large JPEG is decoded at a reduced scale first
     image.thumbnail((side, side), Image.LANCZOS, reducing_gap=2.0)
     return _jpeg(image)
+
+
+def product_thumbnail(index, product_id: str, size: int) -> bytes:
+    """JPEG thumbnail of the catalog image stored for ``product_id`` in ``index`` (a
+    :class:`~serve_app.index.base.VectorIndex`). Only that stored ``image_url`` is read, so a request cannot
+    name another path.
+
+    Raises:
+        ProductNotFound: unknown product id, or its image is gone.
+        ThumbnailUnavailable: the stored image cannot be read or no longer decodes.
+    """
+    rows = index.get([product_id])
+    if not rows or not rows[0].get("image_url"):
+        raise ProductNotFound(f"no product with id {product_id!r}")
+    uri = rows[0]["image_url"]
+    try:
+        return render_thumbnail(storage.read_bytes(uri), size)
+    except storage.ObjectNotFound as e:
+        raise ProductNotFound(f"the image of product {product_id!r} is gone: {e}") from None
+    except (storage.StorageError, ImageDecodeError) as e:
+        raise ThumbnailUnavailable(f"the image of product {product_id!r} cannot be read: {e}") from None
 
 
 def frame_data_url(frame: np.ndarray, height: int = FRAME_HEIGHT, quality: int = 75) -> str:

@@ -13,6 +13,9 @@ from pathlib import Path
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from serve_app.serve_env import apply_serve_env  # noqa: E402
+
+apply_serve_env()  # the Ray Serve settings the service runs with, before any Ray process starts
 for _var in ("VS_MODEL", "VS_INDEX", "VS_DTYPE"):  # the tests pass their own model and index
     os.environ.pop(_var, None)
 
@@ -240,7 +243,7 @@ def service(ingested, served_model, image_host) -> str:
     index, _ = ingested
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"model": served_model, "index": index, "max_upload_bytes": 1024 * 1024,
+    app = build_app({"model": served_model, "index": index, "encoder_threads": 2, "max_upload_bytes": 1024 * 1024,
                      "image_url_timeout_s": 1.0, "image_url_max_bytes": 1024 * 1024,
                      "image_url_allow_networks": ["127.0.0.2/32"], "max_video_bytes": 9 * 1024 * 1024})
     serve.run(app, name="visual_search", route_prefix="/")

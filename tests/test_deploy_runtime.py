@@ -72,6 +72,9 @@ def delete_app(name: str) -> None:
 
 def test_encoder_scales_out_under_load_and_back_in(ray_session, service, ingested, tiny_model, sample_rows):
     from ray import serve
+
+    from serve_app.preprocess import ClipGeometry
+    from serve_app.query_image import prepare_query_image
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
 
@@ -83,17 +86,17 @@ def test_encoder_scales_out_under_load_and_back_in(ray_session, service, ingeste
     try:
         wait_for(lambda: running_replicas(name, "Encoder") == 1 and app_running(name), 90, "the app to start")
         handle = serve.get_deployment_handle("Encoder", app_name=name)
-        photo = Path(sample_rows[0]["image"]).read_bytes()
+        photo = prepare_query_image(Path(sample_rows[0]["image"]).read_bytes(), ClipGeometry()).pixels
         # A handle creates its router lazily and not thread-safely: 16 threads making the first call at once
         # each built a router under the same handle id, and the idle ones kept pushing "0 ongoing requests"
         # for it, so the controller often saw no load and never scaled out. One router, built here, first.
-        embed_image = handle.embed_image
+        embed_image = handle.embed_pixels
         embed_image.remote(photo).result(timeout_s=30)
         stop, done = threading.Event(), []
 
         def client(i: int) -> None:
             while not stop.is_set():
-                vector = embed_image.remote(photo).result(timeout_s=30)  # decode + forward: replica-side work
+                vector = embed_image.remote(photo).result(timeout_s=30)  # a forward: replica-side work
                 done.append(len(vector))
 
         # 16 callers keep ~16 requests in flight: far above target_ongoing_requests=1 however fast the tiny
