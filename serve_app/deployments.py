@@ -1,8 +1,9 @@
 """Ray Serve deployments of the model and the index: thin wrappers around the stage functions.
 
-- :class:`Encoder` — CLIP, batched with ``@serve.batch``; batch size and wait are ``user_config`` so they can
-  be tuned at run time (``reconfigure``), following Ray's batching guide. Every forward runs on one dedicated
-  thread, so the replica has exactly one intra-op thread pool, sized to its CPU share.
+- :class:`Encoder` — CLIP with opportunistic batching (:class:`serve_app.batching.ModelBatcher`: what queued
+  during a forward is the next batch); batch size and wait are ``user_config`` so they can be tuned at run
+  time (``reconfigure``), following Ray's batching guide. Every forward runs on one dedicated thread, so the
+  replica has exactly one intra-op thread pool, sized to its CPU share.
 - :class:`Retriever` — the k-NN index; I/O-bound, many concurrent requests per replica. Its methods call
   :mod:`serve_app.results`, :mod:`serve_app.soft_filter`, :mod:`serve_app.fusion`,
   :mod:`serve_app.near_duplicates` and :mod:`serve_app.thumbnails`; blocking index reads run in a worker
@@ -19,6 +20,7 @@ import numpy as np
 from PIL import Image
 from ray import serve
 
+from serve_app.batching import ModelBatcher
 from serve_app.embedding import load_embedder
 from serve_app.filters import parse_filters
 from serve_app.fusion import fuse, fuse_shots
@@ -45,23 +47,6 @@ def cpu_share_threads() -> int:
     return max(1, math.ceil(share - 1e-9))
 
 
-class ForwardStats:
-    """Counts, batch sizes and forward seconds per kind of forward (see :meth:`Encoder.stats`)."""
-
-    def __init__(self):
-        self.kinds: dict[str, list[float]] = {}  # kind -> [forwards, items, seconds]
-
-    def add(self, kind: str, items: int, seconds: float) -> None:
-        entry = self.kinds.setdefault(kind, [0, 0, 0.0])
-        entry[0] += 1
-        entry[1] += items
-        entry[2] += seconds
-
-    def summary(self) -> dict[str, Any]:
-        return {kind: {"forwards": int(n), "mean_batch": round(items / n, 2), "mean_forward_ms": round(1000 * s / n, 2),
-                       "forward_s": round(s, 3)} for kind, (n, items, s) in self.kinds.items()}
-
-
 # Code defaults ask for small CPU fractions so the whole graph (and a Ray Data job beside it) schedules on a
 # 2-core machine; configs/serve.yaml and the Kubernetes manifests set the real values per environment.
 @serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
@@ -84,29 +69,18 @@ class Encoder:
         side = self.embedder.geometry.crop if self.embedder.geometry else self.embedder.input_side
         self._model_thread.submit(self.embedder.embed_texts, ["warm-up"]).result()
         self._model_thread.submit(self.embedder.embed_pixels, np.zeros((1, 3, side, side), np.uint8)).result()
-        self._stats = ForwardStats()
-
-    async def _forward(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
-
-    async def _timed_forward(self, kind: str, fn, batch):
-        started = time.perf_counter()
-        out = await self._forward(fn, batch)
-        self._stats.add(kind, len(batch), time.perf_counter() - started)
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        """Forwards since the last call, per kind (``image``/``text``/``clip``): count, mean batch size and
-        mean/total forward milliseconds on the forward thread; resets them (benchmarks read it)."""
-        stats, self._stats = self._stats, ForwardStats()
-        return stats.summary()
+        self.batcher = ModelBatcher(self._model_thread, DEFAULT_BATCH_WAIT_S)
+        self.batcher.add_kind("image", lambda pixels: self.embedder.embed_pixels(np.stack(pixels)),
+                              DEFAULT_MAX_BATCH_SIZE)  # [B, 3, H, W] -> [B, D]
+        self.batcher.add_kind("text", self.embedder.embed_texts, DEFAULT_MAX_BATCH_SIZE)  # B texts -> [B, D]
+        self.batcher.add_kind("clip", lambda clips: [self._embed_frames(c) for c in clips], 1)  # one clip a forward
 
     def reconfigure(self, config: dict[str, Any]) -> None:
+        """``user_config``: ``max_batch_size`` (photos and texts per forward) and ``batch_wait_timeout_s``."""
         size = int(config.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE))
-        wait = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S))
-        for method in (self._embed_pixels_batch, self._embed_texts_batch):
-            method.set_max_batch_size(size)
-            method.set_batch_wait_timeout_s(wait)
+        for kind in ("image", "text"):
+            self.batcher.set_max_batch_size(kind, size)
+        self.batcher.batch_wait_timeout_s = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S))
 
     def info(self) -> dict[str, Any]:
         """What the ingress and ``/healthz`` need: model id, dimension, weights kind, runtime, precision, threads
@@ -118,40 +92,36 @@ class Encoder:
                 "geometry": None if geometry is None else {"size": geometry.size, "crop": geometry.crop,
                                                            "resample": geometry.resample}}
 
+    def stats(self) -> dict[str, Any]:
+        """Forwards per kind (``image``/``text``/``clip``) since the last call: count, mean batch size, mean and
+        total forward time on the forward thread (benchmarks read it); resets them."""
+        return self.batcher.stats()
+
     async def check_health(self) -> None:
         """Ray Serve's periodic health check: the forward thread must take a no-op within
         :data:`HEALTH_TIMEOUT_S` (a stuck forward makes the replica unhealthy, and Serve replaces it)."""
-        await asyncio.wait_for(self._forward(lambda: None), HEALTH_TIMEOUT_S)
-
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _embed_pixels_batch(self, pixels: list[np.ndarray]) -> list[np.ndarray]:
-        vectors = await self._timed_forward("image", self.embedder.embed_pixels, np.stack(pixels))  # [B, D]
-        return list(vectors)
-
-    @serve.batch(max_batch_size=DEFAULT_MAX_BATCH_SIZE, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_S)
-    async def _embed_texts_batch(self, texts: list[str]) -> list[np.ndarray]:
-        vectors = await self._timed_forward("text", self.embedder.embed_texts, texts)  # [B, D]
-        return list(vectors)
+        await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self._model_thread, lambda: None),
+                               HEALTH_TIMEOUT_S)
 
     async def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """A prepared photo (uint8 ``(3, H, W)``, :func:`serve_app.query_image.prepare_query_image`) → float32
-        ``(1, D)`` L2-normalised embedding."""
-        return (await self._embed_pixels_batch(pixels))[None, :]
+        ``(1, D)`` L2-normalised embedding (batched with the photos queued meanwhile)."""
+        return (await self.batcher.submit("image", pixels))[None, :]
 
     async def embed_text(self, text: str) -> np.ndarray:
-        """Query text → float32 ``(1, D)`` L2-normalised embedding.
+        """Query text → float32 ``(1, D)`` L2-normalised embedding (batched with the texts queued meanwhile).
 
         Raises:
             ValueError: empty text.
         """
         if not text.strip():
             raise ValueError("query text is empty")
-        return (await self._embed_texts_batch(text))[None, :]
+        return (await self.batcher.submit("text", text))[None, :]
 
     async def embed_clip(self, clip: VideoQuery) -> VideoQuery:
         """All kept frames of a clip in one forward: the same query with ``vectors`` (K, D) instead of frames."""
         started = time.perf_counter()
-        vectors = await self._timed_forward("clip", self._embed_frames, clip.frames)  # [K, D]
+        vectors = await self.batcher.submit("clip", clip.frames)  # [K, D]
         return clip.embedded(vectors, 1000 * (time.perf_counter() - started))
 
     def _embed_frames(self, frames: np.ndarray) -> np.ndarray:
@@ -166,8 +136,9 @@ class Retriever:
         self.index = open_index(index, **(index_options or {}))
 
     def info(self) -> dict[str, Any]:
-        return {"index": self.index.uri, "products": self.index.count(), "model_id": self.index.info.model_id,
-                "dim": self.index.info.dim}
+        info = self.index.info
+        return {"index": self.index.uri, "products": self.index.count(), "model_id": info.model_id, "dim": info.dim,
+                "runtime": info.runtime, "dtype": info.dtype}
 
     def check_health(self) -> None:
         """Ray Serve's periodic health check: the index must still answer a count."""
