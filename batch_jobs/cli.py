@@ -1,4 +1,5 @@
-"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, make-clip, dedup-report, demo.
+"""``python -m batch_jobs <command>``: sample-catalog, make-random-clip, ingest, export-onnx, make-clip, dedup-report,
+demo.
 
 Every command takes ``--help``. Model, index and precision come from ``--model``/``--index``/``--dtype``, else
 from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
@@ -15,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from batch_jobs.pipeline import MODES
-from serve_app.embedding import DEFAULT_MODEL, DTYPES
+from serve_app.embedding import DEFAULT_MODEL, DTYPES, RUNTIMES
 from serve_app.near_duplicates import DEFAULT_MAX_DISTANCE
 
 DEFAULT_INDEX = "./data/index"
@@ -53,6 +54,7 @@ def ingest_options(args) -> "IngestOptions":  # noqa: F821
         raise SystemExit(f"error: unknown keys {sorted(unknown)} in {args.config}; valid keys: {sorted(valid)}")
     config["model"] = args.model or os.environ.get("VS_MODEL") or config.get("model") or DEFAULT_MODEL
     config["dtype"] = args.dtype or os.environ.get("VS_DTYPE") or config.get("dtype") or "float32"
+    config["runtime"] = args.runtime or os.environ.get("VS_RUNTIME") or config.get("runtime") or "torch"
     for key in ("batch_size", "embed_actors", "flag_duplicates", "mode", "keep_versions", "lease_wait_s"):
         if getattr(args, key, None) is not None:
             config[key] = getattr(args, key)
@@ -78,6 +80,20 @@ def cmd_ingest(args) -> int:
         return 1
     if report.skipped:
         print(f"skipped {report.skipped} bad rows; reasons in {report.report}", file=sys.stderr)
+    return 0
+
+
+def cmd_export_onnx(args) -> int:
+    from serve_app.embedding import ModelLoadError
+    from serve_app.onnx_clip import export_summary, export_towers
+
+    model = args.model or os.environ.get("VS_MODEL") or DEFAULT_MODEL
+    try:
+        folder = export_towers(model, args.dtype)
+    except ModelLoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({"model": model, "dtype": args.dtype} | export_summary(folder), indent=2))
     return 0
 
 
@@ -126,7 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True, help="manifest: .jsonl or .csv; path, http(s):// or s3://")
     p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
     p.add_argument("--model", default=None, help=f"hub id or local folder (env VS_MODEL; default {DEFAULT_MODEL})")
-    p.add_argument("--dtype", choices=DTYPES, default=None, help="env VS_DTYPE; default float32")
+    p.add_argument("--dtype", choices=DTYPES + ("int8",), default=None,
+                   help="env VS_DTYPE; default float32 (bfloat16: torch only; int8: onnx only)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None, help="env VS_RUNTIME; default torch (onnx: ONNX "
+                                                                     "Runtime on CPU)")
     p.add_argument("--config", default=str(DEFAULT_INGEST_CONFIG), help="ingestion config YAML")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--embed-actors", type=int, default=None, help="size of the CLIP actor pool")
@@ -141,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
     p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("export-onnx", help="export the CLIP towers to ONNX (runtime: onnx) into the model's cache")
+    p.add_argument("--model", default=None, help=f"hub id or local folder (env VS_MODEL; default {DEFAULT_MODEL})")
+    p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                   help="int8: also ONNX Runtime's dynamic quantisation (check recall before serving it)")
+    p.set_defaults(func=cmd_export_onnx)
 
     p = sub.add_parser("make-clip", help="synthesise a query video, one shot per catalog image")
     p.add_argument("out", help=".mp4 file to write")

@@ -26,7 +26,8 @@ class IngestOptions:
     """Knobs of one ingestion run; the defaults suit a 2-core laptop (see configs/ingest.yaml)."""
 
     model: str
-    dtype: str = "float32"
+    dtype: str = "float32"  # float32 | bfloat16 (torch) | int8 (onnx)
+    runtime: str = "torch"  # torch | onnx (ONNX Runtime, CPU)
     batch_size: int = 16
     embed_actors: int = 1
     embed_num_cpus: float = 0.5
@@ -47,6 +48,10 @@ class IngestOptions:
     lease_wait_s: float = DEFAULT_WAIT_S  # seconds to wait while another run holds it (0: refuse at once)
 
     def __post_init__(self):
+        valid = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}
+        if self.dtype not in valid.get(self.runtime, ()):
+            raise ValueError(f"runtime {self.runtime!r} with dtype {self.dtype!r}: the runtimes are "
+                             f"{ {r: list(d) for r, d in valid.items()} }")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.keep_versions < 2:
@@ -122,8 +127,9 @@ def init_ray() -> None:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
 
 
-def model_info(model: str) -> IndexInfo:
-    """Model id, embedding dimension and weights kind, read from the model's config without loading weights.
+def model_info(model: str, runtime: str = "torch", dtype: str = "float32") -> IndexInfo:
+    """Model id, embedding dimension and weights kind (read from the model's config without loading weights),
+    and the runtime and precision that will embed the catalog.
 
     Raises:
         ModelLoadError: the config or processor cannot be loaded.
@@ -131,7 +137,8 @@ def model_info(model: str) -> IndexInfo:
     from serve_app.embedding import load_model_config, weights_kind
 
     config = load_model_config(model, check_processor=False)  # the actors load the processor
-    return IndexInfo(model_id=model, dim=int(config.projection_dim), weights=weights_kind(model))
+    return IndexInfo(model_id=model, dim=int(config.projection_dim), weights=weights_kind(model), runtime=runtime,
+                     dtype=dtype)
 
 
 def ingest(catalog: str, index: str, options: IngestOptions, report: str | None = None,
@@ -172,7 +179,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
 
     started = time.perf_counter()
     products, bad = read_manifest(catalog)
-    info = model_info(options.model)
+    info = model_info(options.model, options.runtime, options.dtype)
     with lease(index, f"ingest-{uuid.uuid4().hex[:8]}", ttl_s=options.lease_ttl_s,
                wait_s=options.lease_wait_s) as held:
         init_ray()
@@ -256,6 +263,7 @@ def _run_pipeline(ray, products: list, options: IngestOptions, sink) -> None:
                             **worker_runtime_env())
         ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
                             fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
+                                                   "runtime": options.runtime,
                                                    "num_threads": options.embed_threads},
                             num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
                             compute=ray.data.ActorPoolStrategy(size=options.embed_actors))

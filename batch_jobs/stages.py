@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from serve_app import storage
-from serve_app.embedding import ClipEmbedder, load_clip, load_processor
+from serve_app.embedding import ClipEmbedder, load_embedder, load_processor
 from serve_app.images import DECODE_MIN_SIDE, decode_image
 from serve_app.index.base import product_table
 from serve_app.phash import phash64
@@ -64,13 +64,13 @@ class EmbedImages:
     """Callable class for an actor pool: loads CLIP once, embeds the ``pixels`` of good rows.
 
     Args:
-        model: hub id or local folder. dtype: ``"float32"`` or ``"bfloat16"``.
+        model: hub id or local folder. dtype, runtime: see :func:`serve_app.embedding.load_embedder`.
         num_threads: torch intra-op threads for this actor (``None``: every core; the actor asks Ray for a
             fraction of a CPU but uses every core while the forward runs).
     """
 
-    def __init__(self, model: str, dtype: str = "float32", num_threads: int | None = None):
-        self.embedder = load_clip(model, dtype=dtype, num_threads=num_threads)
+    def __init__(self, model: str, dtype: str = "float32", runtime: str = "torch", num_threads: int | None = None):
+        self.embedder = load_embedder(model, dtype=dtype, runtime=runtime, num_threads=num_threads)
 
     def __call__(self, batch: Batch) -> Batch:
         good = np.flatnonzero(np.asarray(batch["error"]) == "")

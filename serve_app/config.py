@@ -1,14 +1,15 @@
 """Application arguments of the Serve app (``args:`` in configs/serve.yaml), validated by pydantic.
 
 Environment variables override the YAML: ``VS_MODEL`` (hub id or folder), ``VS_INDEX`` (index URI) and
-``VS_DTYPE`` (``float32``/``bfloat16``). An unknown key is an error that lists the valid ones (the habit of
+``VS_DTYPE`` (``float32``/``bfloat16`` on torch, ``float32``/``int8`` on onnx) and ``VS_RUNTIME`` (``torch``/``onnx``).
+An unknown key is an error that lists the valid ones (the habit of
 Ray's ``app_builder`` docs).
 """
 
 import os
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from serve_app.embedding import DEFAULT_MODEL
 from serve_app.images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
@@ -25,7 +26,7 @@ class AppArgs(BaseModel):
 
     model: str = DEFAULT_MODEL
     index: str = "./data/index"
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "int8"] = "float32"
     runtime: Literal["torch", "onnx"] = "torch"
     encoder_threads: int | None = Field(None, ge=1, description="intra-op threads per Encoder replica (default: "
                                                                 "its CPU share rounded up)")
@@ -54,6 +55,13 @@ class AppArgs(BaseModel):
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)
 
+    @model_validator(mode="after")
+    def _runtime_offers_dtype(self) -> "AppArgs":
+        offered = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}[self.runtime]
+        if self.dtype not in offered:
+            raise ValueError(f"runtime {self.runtime!r} runs dtype {list(offered)}, got {self.dtype!r}")
+        return self
+
     @field_validator("index")
     @classmethod
     def _absolute_local_index(cls, v: str) -> str:
@@ -71,7 +79,7 @@ class AppArgs(BaseModel):
         unknown = sorted(set(merged) - set(cls.model_fields))
         if unknown:
             raise ValueError(f"unknown app args {unknown}; valid args are {sorted(cls.model_fields)}")
-        for key, env in (("model", "VS_MODEL"), ("index", "VS_INDEX"), ("dtype", "VS_DTYPE")):
+        for key, env in (("model", "VS_MODEL"), ("index", "VS_INDEX"), ("dtype", "VS_DTYPE"), ("runtime", "VS_RUNTIME")):
             if os.environ.get(env):
                 merged[key] = os.environ[env]
         try:

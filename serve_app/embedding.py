@@ -177,14 +177,9 @@ class ClipEmbedder:
         Returns:
             float32 ``(N, D)``, L2-normalised.
         """
-        import torch
-
         if len(pixels) == 0:
             return np.zeros((0, self.dim), np.float32)
-        with torch.inference_mode(), self._autocast():
-            pixel_values = torch.from_numpy(self.normalise_pixels(np.asarray(pixels))).to(self.device)  # [N, 3, H, W]
-            features = self.model.get_image_features(pixel_values=pixel_values).pooler_output  # [N, D]
-        return _l2_normalise(features.float().cpu().numpy())
+        return _l2_normalise(self._image_features(self.normalise_pixels(np.asarray(pixels))))  # [N, D]
 
     def embed_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Embed RGB PIL images: ``embed_pixels(preprocess(images))``; float32 ``(N, D)``, L2-normalised."""
@@ -199,18 +194,33 @@ class ClipEmbedder:
         Raises:
             ValueError: an empty or blank text.
         """
-        import torch
-
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         for t in texts:
             if not isinstance(t, str) or not t.strip():
                 raise ValueError(f"text to embed must be a non-empty string, got {t!r}")
         tokens = self.processor.tokenizer(list(texts), padding=True, truncation=True, max_length=77,
-                                          return_tensors="pt").to(self.device)
+                                          return_tensors="np")
+        return _l2_normalise(self._text_features(tokens["input_ids"], tokens["attention_mask"]))  # [N, D]
+
+    def _image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        """float32 normalised pixels ``(N, 3, H, W)`` → float32 ``(N, D)`` projections (the runtime's forward)."""
+        import torch
+
         with torch.inference_mode(), self._autocast():
-            features = self.model.get_text_features(**tokens).pooler_output  # [N, D]
-        return _l2_normalise(features.float().cpu().numpy())
+            features = self.model.get_image_features(
+                pixel_values=torch.from_numpy(pixel_values).to(self.device)).pooler_output  # [N, D]
+        return features.float().cpu().numpy()
+
+    def _text_features(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """int64 token ids and mask ``(N, L)`` → float32 ``(N, D)`` projections (the runtime's forward)."""
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            features = self.model.get_text_features(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device)).pooler_output  # [N, D]
+        return features.float().cpu().numpy()
 
 
 def _l2_normalise(x: np.ndarray) -> np.ndarray:
@@ -292,7 +302,8 @@ def load_model_config(model: str, check_processor: bool = True):
 
 def load_embedder(model: str = DEFAULT_MODEL, dtype: str = "float32", runtime: str = "torch",
                   num_threads: int | None = None, device: str | None = None) -> ClipEmbedder:
-    """The CLIP embedder for a runtime: ``"torch"`` (:func:`load_clip`) or ``"onnx"`` (ONNX Runtime on CPU).
+    """The CLIP embedder for a runtime: ``"torch"`` (:func:`load_clip`; dtype ``float32`` or ``bfloat16``) or
+    ``"onnx"`` (:func:`serve_app.onnx_clip.load_onnx_clip`, ONNX Runtime on CPU; dtype ``float32`` or ``int8``).
 
     Raises:
         ValueError: unknown runtime, or a dtype the runtime does not offer.
@@ -300,4 +311,8 @@ def load_embedder(model: str = DEFAULT_MODEL, dtype: str = "float32", runtime: s
     """
     if runtime == "torch":
         return load_clip(model, dtype=dtype, num_threads=num_threads, device=device)
+    if runtime == "onnx":
+        from serve_app.onnx_clip import load_onnx_clip
+
+        return load_onnx_clip(model, dtype=dtype, num_threads=num_threads)
     raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")

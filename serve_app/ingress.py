@@ -165,12 +165,14 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self):
-        """200 when the model and index are loaded: product count, model id, weights kind, runtime, precision."""
+        """200 when the model and index are loaded: product count, model id, weights kind, the served encoder's
+        runtime and precision, and the ones that embedded the index."""
         encoder, index = await asyncio.gather(self._call(lambda: self.encoder.info.remote()),
                                               self._call(lambda: self.retriever.info.remote()))
         body = {"status": "ok", "products": index["products"], "model_id": encoder["model_id"],
                 "model_weights": encoder["weights"], "runtime": encoder["runtime"], "dtype": encoder["dtype"],
-                "dim": encoder["dim"], "index": index["index"], "index_model_id": index["model_id"]}
+                "dim": encoder["dim"], "index": index["index"], "index_model_id": index["model_id"],
+                "index_runtime": index["runtime"], "index_dtype": index["dtype"]}
         if encoder["dim"] != index["dim"]:
             return error_response(503, "model_index_mismatch",
                                   f"index holds {index['dim']}-d embeddings from {index['model_id']!r} but the model "

@@ -86,14 +86,15 @@ def test_the_key_check_catches_what_rays_schema_lets_through(tiny_model):
 
     config = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())
     encoder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Encoder")
-    encoder["autoscaling_confg"] = encoder.pop("autoscaling_config")
+    decoder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "VideoDecoder")
+    decoder["autoscaling_confg"] = decoder.pop("autoscaling_config")
     encoder["user_config"]["max_batch"] = 8
     config["applications"][0]["deployments"].append({"name": "Encodr", "num_replicas": 1})
     retriever = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Retriever")
     retriever["user_config"] = {"k": 1}
     ServeDeploySchema.model_validate(config)  # Ray alone accepts all of this
     problems = "\n".join(config_problems(config, tiny_model))
-    assert "Encoder: key 'autoscaling_confg'" in problems
+    assert "VideoDecoder: key 'autoscaling_confg'" in problems
     assert "Encoder: user_config key 'max_batch' (reconfigure reads ['batch_wait_timeout_s', 'max_batch_size'])" in problems
     assert "deployment 'Encodr' is not in the app" in problems
     assert "Retriever: has no reconfigure()" in problems

@@ -188,11 +188,27 @@ class HashHit:
 
 @dataclass
 class IndexInfo:
-    """What an index was built with, checked by serving against the loaded model."""
+    """What an index was built with, checked by serving against the loaded model: the model id, the embedding
+    dimension, the weights kind, and the encoder ``runtime`` (``torch``/``onnx``) and ``dtype``
+    (``float32``/``bfloat16``/``int8``) that embedded the catalog (indexes written before these were recorded
+    read as torch float32)."""
 
     model_id: str
     dim: int
     weights: str = "pretrained"
+    runtime: str = "torch"
+    dtype: str = "float32"
+
+    def record(self) -> dict:
+        """The fields as stored with a version (LanceDB alias file, OpenSearch ``_meta``)."""
+        return {"model_id": self.model_id, "dim": self.dim, "weights": self.weights, "runtime": self.runtime,
+                "dtype": self.dtype}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "IndexInfo":
+        """Read a stored record; fields it lacks keep their defaults, unknown ones are ignored."""
+        return cls(model_id=record["model_id"], dim=int(record["dim"]),
+                   **{k: record[k] for k in ("weights", "runtime", "dtype") if record.get(k)})
 
 
 class VectorIndex(abc.ABC):

@@ -89,7 +89,7 @@ class LanceDBIndex(VectorIndex):
             raise IndexOpenError(f"no index at {uri}: run `python -m batch_jobs ingest --index {uri}` first")
         if version not in state["versions"]:
             raise IndexOpenError(f"index {uri} has no version {version!r}; it has {sorted(state['versions'])}")
-        stored = IndexInfo(**state["versions"][version])
+        stored = IndexInfo.from_record(state["versions"][version])
         check_same_dimension(uri, stored, info)
         self._open(version, stored)
 
@@ -124,7 +124,7 @@ class LanceDBIndex(VectorIndex):
             self._alias_checked_at = time.monotonic()
             state = self._read_state()
             if state["current"] and state["current"] != self.version:
-                self._open(state["current"], IndexInfo(**state["versions"][state["current"]]))
+                self._open(state["current"], IndexInfo.from_record(state["versions"][state["current"]]))
         return self._tbl
 
     def _read_state(self) -> dict:
@@ -392,7 +392,7 @@ def _new_version(db, uri: str, state: dict, info: IndexInfo) -> str:
     except ValueError as e:
         raise IndexOpenError(f"cannot create version {name!r} in {uri}: {e} (is another ingestion writing this "
                              "index without holding its lease?)") from e
-    state["versions"][name] = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights}
+    state["versions"][name] = info.record()
     _write_state(uri, state)
     return name
 

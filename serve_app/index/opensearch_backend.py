@@ -171,7 +171,7 @@ class OpenSearchIndex(VectorIndex):
         candidates = self._candidates()  # the numbering also skips names another alias happens to use
         taken = [name for name in candidates if version_of(self.alias, name, info.model_id) is not None]
         name = next_version_name(self.alias, info.model_id, self._versions(candidates) + taken)
-        meta = {"model_id": info.model_id, "dim": info.dim, "weights": info.weights, "alias": self.alias}
+        meta = info.record() | {"alias": self.alias}
         self.client.indices.create(index=name, body=bodies.index_body(
             info.dim, self.m, self.ef_construction, self.ef_search, meta=meta))
         return name
@@ -181,7 +181,7 @@ class OpenSearchIndex(VectorIndex):
         meta = next(iter(mapping.values()))["mappings"].get("_meta") or {}
         if "dim" not in meta:
             raise IndexOpenError(f"OpenSearch index {index} was not created by visual-search (no _meta.dim)")
-        return IndexInfo(model_id=meta["model_id"], dim=int(meta["dim"]), weights=meta.get("weights", "pretrained"))
+        return IndexInfo.from_record(meta)
 
     def _refresh_alias(self) -> None:
         """Follow a newly published version (its model/dimension) at most every READ_CONSISTENCY_S."""
