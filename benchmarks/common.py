@@ -6,12 +6,23 @@ written once to a work folder, so every measurement in one run reads the same fi
 
 import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serve_app.serve_env import apply_serve_env  # noqa: E402
+
+apply_serve_env()  # before any benchmark starts Ray: the settings the service is served with
+ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("orig", "mirror", "rot5", "crop90")
 
 
@@ -93,3 +104,56 @@ def served_catalog(workdir: Path, n_products: int, index: str | None = None, dty
         products = ingest(str(manifest), index, IngestOptions(model=model, dtype=dtype)).products_in_index
     return model, rows, index, products
 
+
+
+@dataclass
+class ServeRun:
+    """A ``serve run`` process serving one app on this process's Ray cluster."""
+
+    process: subprocess.Popen
+    app_name: str
+    config: Path
+
+    def stop(self) -> None:
+        """Ctrl-C, as a user would: ``serve run`` shuts Serve down (every app on it) and exits."""
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.config.unlink(missing_ok=True)
+
+
+def serve_config(config: Path, args: dict, base_url: str, timeout_s: float = 180) -> ServeRun:
+    """Deploy a Serve config YAML with ``serve run`` (what users run) on the Ray cluster this process started,
+    with some app args replaced; returns once ``/healthz`` answers 200 at ``base_url``.
+
+    Serve must already be started here (``serve.start``): the config's own ``http_options`` are then ignored,
+    and the app answers on this process's proxy.
+    """
+    import httpx
+    import ray
+    import yaml
+
+    spec = yaml.safe_load(config.read_text())
+    application = spec["applications"][0]
+    application["args"] = application.get("args", {}) | args
+    handle, path = tempfile.mkstemp(suffix=".yaml", prefix="serve-bench-")
+    os.close(handle)
+    Path(path).write_text(yaml.safe_dump(spec))
+    serve_cli = Path(sys.executable).parent / "serve"
+    process = subprocess.Popen([str(serve_cli), "run", path, "--address", ray.get_runtime_context().gcs_address],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base_url + application.get("route_prefix", "/").rstrip("/") + "/healthz",
+                         timeout=5).status_code == 200:
+                return ServeRun(process, application["name"], Path(path))
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"serve run {config} exited with {process.returncode}")
+        time.sleep(1)
+    process.kill()
+    raise TimeoutError(f"serve run {config} did not answer /healthz within {timeout_s} s")

@@ -1,53 +1,100 @@
-"""Query latency over HTTP: text and image search against a served catalog of ≥ 1,000 products.
+"""Single-client query latency over HTTP, against the model's own speed and Ray Serve's own floor, in one run.
 
-Starts the real Ray Serve app (base-size random CLIP) in this process on 127.0.0.1, sends sequential
-requests from one keep-alive client, and prints p50/p99 per endpoint as JSON, next to the bare model
-forward at batch size 1 measured in the same run (the floor the service cannot beat).
-Targets (issue 2, 2 cores): text p50 ≤ 40 ms, image p50 ≤ 80 ms.
+On one local Ray cluster this script serves the real app with ``serve run configs/serve.yaml`` (random-weight
+base CLIP over a catalog of real images; model, index, runtime and dtype replaced) and, beside it, the no-op
+floor graphs of ``benchmarks/serve_floor.py`` (the same kind of FastAPI
+ingress with 0 and 2 chained hops: text and photo search cross 2 hops, Encoder then Retriever). One keep-alive
+client sends the four request kinds interleaved (served text, floor text, served photo, floor photo), so all
+see the same moments of a noisy host. It also reads the CPU seconds every Serve process spent (proxy, ingress,
+each deployment) per request. After deleting the apps it measures the bare batch-1 forward in this process
+with the same runtime, dtype and thread count (the photo figure includes decoding and preprocessing), and reads
+the Encoder's own forward times (``Encoder.stats``) to split the served time into model and plumbing.
 
-    python benchmarks/query_latency.py --n-products 1088 --requests 100 --dtype float32
+Prints JSON: p50/p99 per kind, ``overhead_ms`` = served p50 − bare p50, ``floor_ms`` = the 2-hop floor's p50,
+and ``excess_ms`` = overhead − floor (target ≤ 5 ms: everything we add beyond what Serve itself costs).
+
+    python benchmarks/query_latency.py --n-products 538 --requests 60 --dtype bfloat16
+    python benchmarks/query_latency.py --runtime onnx --dtype float32
 """
 
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import served_catalog, summary_ms  # noqa: E402
+from benchmarks.common import ROOT, serve_config, served_catalog, summary_ms  # noqa: E402
 
 QUERIES = ["a red apple", "a green tractor", "a cat sleeping", "a blue winter coat", "a kitchen knife",
            "a bunch of flowers", "a toy car", "a pair of running shoes", "a birthday cake", "a wooden chair"]
+PORT = 8123
 
 
-def bare_batch1(model: str, dtype: str, image_paths: list[str], n: int) -> dict:
-    from serve_app.embedding import load_clip
-    from serve_app.images import decode_image
+def serve_processes() -> dict[str, list]:
+    """psutil processes of the HTTP proxy (HAProxy or Ray's), each replica, and this process (the client), by role
+    (Ray's process titles)."""
+    import ray  # noqa: F401 - puts the psutil that Ray bundles on sys.path
+    import psutil
 
-    embedder = load_clip(model, dtype=dtype)
-    images = [decode_image(Path(p).read_bytes()) for p in image_paths[:n]]
-    embedder.embed_images(images[:1])
+    roles: dict[str, list] = {"client (this process)": [psutil.Process()]}
+    for proc in psutil.process_iter(["cmdline", "name"]):
+        title = " ".join(proc.info["cmdline"] or [])
+        if title.startswith("ray::ServeReplica:"):
+            roles.setdefault(title.split()[0].removeprefix("ray::ServeReplica:"), []).append(proc)
+        elif title.startswith("ray::ProxyActor") or proc.info["name"] == "haproxy":
+            roles.setdefault("proxy", []).append(proc)
+        elif title.startswith(("ray::", "/")) and "ray" in title:
+            roles.setdefault("ray (controller, raylet, GCS, agents)", []).append(proc)
+    return roles
+
+
+def cpu_seconds(roles: dict[str, list]) -> dict[str, float]:
+    out = {}
+    for role, procs in roles.items():
+        total = 0.0
+        for proc in procs:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except Exception:  # noqa: BLE001 - a replica that went away
+                pass
+        out[role] = total
+    return out
+
+
+def bare_batch1(model: str, dtype: str, runtime: str, uploads: list[bytes], n: int, threads: int) -> dict:
+    """Batch-1 text forward and photo decode + preprocess + forward in this process, with ``threads`` intra-op
+    threads (the served Encoder's)."""
+    from serve_app.embedding import load_embedder
+    from serve_app.query_image import prepare_query_image
+
+    embedder = load_embedder(model, dtype=dtype, runtime=runtime, num_threads=threads)
+    geometry = embedder.geometry
+    embedder.embed_pixels(prepare_query_image(uploads[0], geometry).pixels[None])
     embedder.embed_texts(QUERIES[:1])
-    text, image = [], []
+    text, image, prepare = [], [], []
     for i in range(n):
         t = time.perf_counter()
-        embedder.embed_texts([QUERIES[i % len(QUERIES)] + f" {i}"])
+        embedder.embed_texts([f"{QUERIES[i % len(QUERIES)]} {i}"])
         text.append(time.perf_counter() - t)
         t = time.perf_counter()
-        embedder.embed_images([images[i]])
+        pixels = prepare_query_image(uploads[i % len(uploads)], geometry).pixels
+        prepare.append(time.perf_counter() - t)
+        embedder.embed_pixels(pixels[None])
         image.append(time.perf_counter() - t)
-    return {"text": summary_ms(text), "image": summary_ms(image)}
+    return {"text": summary_ms(text), "image": summary_ms(image), "image_decode_preprocess": summary_ms(prepare)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--n-products", type=int, default=1088)
-    parser.add_argument("--requests", type=int, default=100)
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--n-products", type=int, default=538)
+    parser.add_argument("--requests", type=int, default=60)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "int8"], default="bfloat16")
+    parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "serve.yaml"))
     parser.add_argument("--workdir", default="./data/bench")
     parser.add_argument("--index", default=None, help="reuse an index built with the same model")
     args = parser.parse_args()
@@ -55,37 +102,70 @@ def main() -> None:
     import httpx
     from ray import serve
 
-    from serve_app.app import build_app
+    from benchmarks.serve_floor import build_floor_app
 
     model, rows, index, products = served_catalog(Path(args.workdir).resolve(), args.n_products, args.index,
-                                                  args.dtype)
+                                                  "float32" if args.dtype == "int8" else args.dtype)
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT},
+                logging_config={"log_level": "WARNING", "enable_access_log": False})
+    server = serve_config(Path(args.config), {"model": model, "index": index, "dtype": args.dtype,
+                                              "runtime": args.runtime}, f"http://127.0.0.1:{PORT}")
+    encoder = serve.get_deployment_handle("Encoder", server.app_name)
+    threads = encoder.info.remote().result()["threads"]
+    for hops in (0, 2):
+        serve.run(build_floor_app(hops), name=f"floor{hops}", route_prefix=f"/floor{hops}")
+    uploads = [Path(r["image"]).read_bytes() for r in rows[:50]]
+    kinds = {"text": ("", "text"), "image": ("", "image")} | {
+        f"floor{h}_{kind}": (f"/floor{h}", kind) for h in (0, 2) for kind in ("text", "image")}
+    samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+    cpu: dict[str, dict[str, float]] = {}
+    roles = serve_processes()
+    with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60) as client:
+        def send(prefix: str, kind: str, i: int) -> None:
+            if kind == "text":
+                r = client.post(prefix + "/search/text", json={"query": f"{QUERIES[i % len(QUERIES)]} {i}", "k": 10})
+            else:
+                r = client.post(prefix + "/search/image", files={"file": ("q.png", uploads[i % len(uploads)])},
+                                data={"k": "10"})
+            r.raise_for_status()
 
-    result = {"machine_cpus": os.cpu_count(), "model": "random base (ViT-B/32)", "dtype": args.dtype,
-              "products": products, "requests": args.requests}
-    port = 8123
-    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"log_level": "WARNING",
-                                                                                  "enable_access_log": False})
-    serve.run(build_app({"model": model, "index": index, "dtype": args.dtype}), name="bench", route_prefix="/")
-    rng = random.Random(0)
-    uploads = [Path(r["image"]).read_bytes() for r in rng.sample(rows, min(50, len(rows)))]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         for i in range(5):  # warm-up
-            client.post("/search/text", json={"query": QUERIES[i], "k": 10}).raise_for_status()
-            client.post("/search/image", files={"file": ("q.png", uploads[i])}, data={"k": "10"}).raise_for_status()
-        text, image = [], []
+            for prefix, kind in kinds.values():
+                send(prefix, kind, i)
+        for name, (prefix, kind) in kinds.items():  # CPU per request of each kind, measured alone
+            before = cpu_seconds(roles)
+            for i in range(20):
+                send(prefix, kind, i)
+            after = cpu_seconds(roles)
+            cpu[name] = {role: round(1000 * (after[role] - before[role]) / 20, 2) for role in roles
+                         if after[role] - before[role] > 0.0005}
+        forwards: dict[str, list[float]] = {"text": [], "image": []}
         for i in range(args.requests):
-            t = time.perf_counter()
-            client.post("/search/text", json={"query": f"{QUERIES[i % len(QUERIES)]} {i}", "k": 10}).raise_for_status()
-            text.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            client.post("/search/image", files={"file": ("q.png", uploads[i % len(uploads)])},
-                        data={"k": "10"}).raise_for_status()
-            image.append(time.perf_counter() - t)
-    result["http_text_search"] = summary_ms(text)
-    result["http_image_search"] = summary_ms(image)
-    serve.shutdown()
-    result["bare_model_batch1"] = bare_batch1(model, args.dtype, [r["image"] for r in rows], min(50, args.requests))
-    result["targets"] = {"text_p50_ms": 40, "image_p50_ms": 80}
+            for name, (prefix, kind) in kinds.items():
+                if not prefix:
+                    encoder.stats.remote().result()
+                started = time.perf_counter()
+                send(prefix, kind, i)
+                samples[name].append(time.perf_counter() - started)
+                if not prefix:
+                    forwards[kind].append(encoder.stats.remote().result()[kind]["mean_forward_ms"] / 1000)
+    for name in ("floor0", "floor2"):
+        serve.delete(name)
+    server.stop()  # `serve run` shuts Serve down on Ctrl-C
+    bare = bare_batch1(model, args.dtype, args.runtime, uploads, min(50, args.requests), threads)
+    result = {"machine_cpus": os.cpu_count(), "model": "random base (ViT-B/32)", "runtime": args.runtime,
+              "dtype": args.dtype, "encoder_threads": threads, "config": args.config, "products": products,
+              "requests": args.requests, "hops": {"text": 2, "image": 2},
+              "http": {name: summary_ms(v) for name, v in samples.items()}, "bare_batch1": bare,
+              "encoder_forward_in_replica": {k: summary_ms(v) for k, v in forwards.items()},
+              "cpu_ms_per_request": cpu}
+    for kind in ("text", "image"):
+        overhead = result["http"][kind]["p50_ms"] - bare[kind]["p50_ms"]
+        floor = result["http"][f"floor2_{kind}"]["p50_ms"]
+        result[f"{kind}_overhead_ms"] = round(overhead, 2)
+        result[f"{kind}_floor_ms"] = floor
+        result[f"{kind}_excess_ms"] = round(overhead - floor, 2)
+    result["target"] = "excess_ms <= 5 (served p50 - bare p50 <= 2-hop floor p50 + 5 ms)"
     print(json.dumps(result, indent=2))
 
 
