@@ -81,6 +81,7 @@ def test_encoder_scales_out_under_load_and_back_in(ray_session, service, ingeste
     name = "autoscale_check"
     config = local_config(name, "/autoscale-check", tiny_model, ingested[0])
     encoder = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Encoder")
+    encoder.pop("num_replicas", None)
     encoder["autoscaling_config"] = ENCODER_SCALING
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))  # what `serve run` calls
     try:
