@@ -154,6 +154,14 @@ def test_credentials_come_only_from_secret_refs(kind):
         assert str(ca.parent) in mounts and mounts[str(ca.parent)]["readOnly"]
 
 
+def test_every_serving_pod_starts_ray_with_the_serve_settings_the_service_is_measured_with():
+    from serve_app.serve_env import SERVE_ENV
+
+    for group_name, container in ray_containers(load("RayService")):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV, group_name
+
+
 def test_worker_readiness_is_the_apps_healthz_and_the_head_keeps_kuberays_probe():
     manifest = load("RayService")
     for group_name, container in ray_containers(manifest):
@@ -230,6 +238,7 @@ def test_dockerfile_properties_and_hadolint():
 def test_a_misspelled_env_source_is_caught(kind):
     bad = copy.deepcopy(load(kind))
     env = cluster_spec(bad)["headGroupSpec"]["template"]["spec"]["containers"][0]["env"]
-    env[1]["valueFrom"]["secretKeyReff"] = env[1]["valueFrom"].pop("secretKeyRef")
+    secret = next(e for e in env if "valueFrom" in e)
+    secret["valueFrom"]["secretKeyReff"] = secret["valueFrom"].pop("secretKeyRef")
     errors = validation_errors(bad, strict_schema(kind))
     assert any("'secretKeyReff'" in e for e in errors), errors
