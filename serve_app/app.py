@@ -22,5 +22,6 @@ def build_app(args: dict | None = None) -> Application:
     config = AppArgs.from_args(args)
     encoder = Encoder.bind(config.model, config.dtype, config.runtime, config.encoder_threads)
     retriever = Retriever.bind(config.index, config.index_options())
-    decoder = VideoDecoder.bind(config.max_video_duration_s, config.max_video_frames)
+    decoder = VideoDecoder.bind(config.max_video_duration_s, config.max_video_frames, config.video_decode_timeout_s,
+                                config.video_decode_memory_bytes, config.video_decode_workers)
     return Ingress.bind(encoder, retriever, decoder, config.model_dump())

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from serve_app.embedding import DEFAULT_MODEL
 from serve_app.images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
 from serve_app.near_duplicates import DEFAULT_CLIP_MIN_SCORE, DEFAULT_CONFIRM_MIN_SCORE, DEFAULT_MAX_DISTANCE
-from serve_app.video import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_FRAMES
+from serve_app.video import (DEFAULT_DECODE_MEMORY_BYTES, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_DURATION_S,
+                             DEFAULT_MAX_FRAMES)
 
 MiB = 1024 * 1024
 
@@ -34,6 +35,13 @@ class AppArgs(BaseModel):
     max_image_pixels: int = Field(MAX_IMAGE_PIXELS, ge=10_000, description="decompression-bomb limit")
     max_aspect_ratio: float = Field(MAX_ASPECT_RATIO, ge=1.0, description="longer / shorter side of a query photo")
     request_timeout_s: float = Field(30.0, gt=0, le=600, description="a stage slower than this answers 503")
+    # Little's law: accepted latency ~ in-flight requests / throughput. 8 per replica (two ingress replicas: 16)
+    # keeps a 2-core node's accepted p99 within ~3x its 8-client p99 under overload; size it as (requests/s the
+    # Encoders answer) x (latency you accept) / (ingress replicas).
+    max_in_flight: int = Field(8, ge=0, description="requests one ingress replica handles at once; more get 503 "
+                                                     "with Retry-After (0: unlimited)")
+    body_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds a request body may take, plus 1 s "
+                                                                  "per 64 KiB received (at most 120 s); slower: 408")
     max_k: int = Field(1000, ge=1, le=10_000)
     image_url_timeout_s: float = Field(5.0, gt=0, le=60)
     image_url_max_bytes: int = Field(10 * MiB, ge=1024)
@@ -43,6 +51,11 @@ class AppArgs(BaseModel):
     max_video_duration_s: float = Field(DEFAULT_MAX_DURATION_S, gt=0, description="longer clips get 422")
     max_video_frames: int = Field(DEFAULT_MAX_FRAMES, ge=1, le=1000, description="clips sampling more frames get 422")
     max_video_fps: float = Field(10.0, gt=0, le=60)
+    video_decode_timeout_s: float = Field(DEFAULT_DECODE_TIMEOUT_S, gt=0, le=600,
+                                          description="a clip whose decode runs longer gets 422 (worker killed)")
+    video_decode_memory_bytes: int = Field(DEFAULT_DECODE_MEMORY_BYTES, ge=256 * MiB,
+                                           description="address-space limit of a decode worker process")
+    video_decode_workers: int = Field(2, ge=1, le=64, description="decode worker processes per VideoDecoder")
     dedup_max_distance: int = Field(DEFAULT_MAX_DISTANCE, ge=0, le=64,
                                     description="default find_similar pHash threshold, bits")
     dedup_clip_min_score: float = Field(DEFAULT_CLIP_MIN_SCORE, ge=-1, le=1,

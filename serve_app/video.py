@@ -14,6 +14,13 @@ import numpy as np
 DEFAULT_SHORT_SIDE = 224
 DEFAULT_MAX_FRAMES = 64  # sampled frames per clip (one Encoder batch)
 DEFAULT_MAX_DURATION_S = 120.0  # seconds of video per clip
+# Largest decoded frame: DCI 4K (4096x2160, so UHD 3840x2160 passes); an 8K frame costs ~1 s to decode here.
+DEFAULT_MAX_FRAME_PIXELS = 4096 * 2160
+# Bounds on one clip's decode in its isolated worker (serve_app.isolated). Measured here: the test clips decode in
+# 0.01-0.6 s; a worker needs 0.8-1.5 GiB of address space (mostly FFmpeg's thread stacks and mappings, not data):
+# 768 MiB fails on an 800x450 AVI, 1.5 GiB passes every clip of the hostile corpus (4K included). 3 GiB leaves room.
+DEFAULT_DECODE_TIMEOUT_S = 20.0
+DEFAULT_DECODE_MEMORY_BYTES = 3 * 1024 ** 3
 
 
 class VideoDecodeError(ValueError):
@@ -63,8 +70,8 @@ def sample_times(duration_s: float, fps: float) -> list[float]:
 
 
 def decode_and_sample(data: bytes, fps: float = 1.0, max_frames: int = DEFAULT_MAX_FRAMES,
-                      max_duration_s: float = DEFAULT_MAX_DURATION_S, short_side: int = DEFAULT_SHORT_SIDE
-                      ) -> SampledFrames:
+                      max_duration_s: float = DEFAULT_MAX_DURATION_S, short_side: int = DEFAULT_SHORT_SIDE,
+                      max_frame_pixels: int = DEFAULT_MAX_FRAME_PIXELS) -> SampledFrames:
     """Open a video from bytes, check the limits, and decode the sampled frames in one batch.
 
     Args:
@@ -73,12 +80,14 @@ def decode_and_sample(data: bytes, fps: float = 1.0, max_frames: int = DEFAULT_M
         max_frames: refuse clips that would yield more sampled frames than this.
         max_duration_s: refuse clips longer than this, in seconds.
         short_side: resize in the decoder so the shorter side is at most this many pixels.
+        max_frame_pixels: refuse frames larger than this (width × height of the first decoded frame).
 
     Raises:
         ValueError: ``fps`` not positive.
         VideoDecodeError: not a decodable video.
-        VideoLimitError: longer than ``max_duration_s`` or more than ``max_frames`` samples.
-        NoFramesError: no frame could be decoded.
+        VideoLimitError: longer than ``max_duration_s``, more than ``max_frames`` samples, or frames larger
+            than ``max_frame_pixels``.
+        NoFramesError: no frame could be decoded, or the container reports no usable frame rate (0/0, NaN).
     """
     import time
 
@@ -95,8 +104,13 @@ def decode_and_sample(data: bytes, fps: float = 1.0, max_frames: int = DEFAULT_M
         height, width = probe[0].shape[:2] if n_frames else (0, 0)
     except Exception as e:  # decord raises RuntimeError/DECORDError with FFmpeg's message
         raise VideoDecodeError(f"not a decodable video: {str(e).splitlines()[0][-200:]}") from e
-    if n_frames == 0 or native_fps <= 0:
+    if n_frames == 0:
         raise NoFramesError("the video has no decodable frames")
+    if not math.isfinite(native_fps) or native_fps <= 0:
+        raise NoFramesError(f"the video reports no usable frame rate ({native_fps}), so its frames have no times")
+    if width * height > max_frame_pixels:
+        raise VideoLimitError(f"video frames are {width}x{height} = {width * height} pixels; the limit is "
+                              f"{max_frame_pixels} (4K)")
     duration_s = n_frames / native_fps
     if duration_s > max_duration_s:
         raise VideoLimitError(f"video is {duration_s:.1f} s long; the limit is {max_duration_s:g} s")

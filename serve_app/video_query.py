@@ -15,7 +15,7 @@ import numpy as np
 
 from serve_app.frame_dedup import DEFAULT_MAX_DISTANCE, Shot, dedup_with_representatives, frame_hashes, group_shots
 from serve_app.thumbnails import frame_data_url
-from serve_app.video import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_FRAMES, decode_and_sample
+from serve_app.video import DEFAULT_MAX_DURATION_S, DEFAULT_MAX_FRAMES, SampledFrames, decode_and_sample
 
 
 @dataclass(frozen=True)
@@ -66,20 +66,25 @@ class VideoAnswer:
 
 def sample_video(data: bytes, fps: float, max_frames: int = DEFAULT_MAX_FRAMES,
                  max_duration_s: float = DEFAULT_MAX_DURATION_S, max_distance: int = DEFAULT_MAX_DISTANCE,
-                 thumbnails: bool = False, decode=decode_and_sample) -> VideoQuery:
-    """Decode, sample, dedup and group one clip.
+                 thumbnails: bool = False) -> VideoQuery:
+    """Decode, sample, dedup and group one clip in this process (the VideoDecoder runs the decode step in an
+    isolated worker instead, then :func:`query_from_frames`).
 
     Args:
         data: the uploaded clip. fps: frames sampled per second of video.
         max_frames, max_duration_s: limits (see :func:`serve_app.video.decode_and_sample`).
         max_distance: pHash bits within which a frame repeats a kept one, and beyond which neighbours are a cut.
         thumbnails: also render a small JPEG data URL per kept frame.
-        decode: the decoding function (``decode_and_sample`` or one that runs it in an isolated process).
 
     Raises:
         VideoDecodeError, VideoLimitError, NoFramesError: see :func:`serve_app.video.decode_and_sample`.
     """
-    sampled = decode(data, fps, max_frames, max_duration_s)
+    return query_from_frames(decode_and_sample(data, fps, max_frames, max_duration_s), max_distance, thumbnails)
+
+
+def query_from_frames(sampled: SampledFrames, max_distance: int = DEFAULT_MAX_DISTANCE,
+                      thumbnails: bool = False) -> VideoQuery:
+    """pHash the sampled frames, drop near-repeats and group the rest into shots (see :func:`sample_video`)."""
     started = time.perf_counter()
     hashes = frame_hashes(sampled.frames)
     kept, representative = dedup_with_representatives(hashes, max_distance)
