@@ -30,6 +30,7 @@ from serve_app.phash import to_hex
 from serve_app.results import fetch_size, hit_results, page
 from serve_app.soft_filter import pool_size, rerank_with_text, with_text_query
 from serve_app.thumbnails import product_thumbnail
+from serve_app.recommend import recommend_vector, without_products
 from serve_app.video_query import VideoAnswer, VideoQuery
 
 DEFAULT_MAX_BATCH_SIZE = 16
@@ -49,7 +50,7 @@ def cpu_share_threads() -> int:
 
 # Code defaults ask for small CPU fractions so the whole graph (and a Ray Data job beside it) schedules on a
 # 2-core machine; configs/serve.yaml and the Kubernetes manifests set the real values per environment.
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32, max_queued_requests=64,
                   user_config={"max_batch_size": DEFAULT_MAX_BATCH_SIZE,
                                "batch_wait_timeout_s": DEFAULT_BATCH_WAIT_S})
 class Encoder:
@@ -128,7 +129,7 @@ class Encoder:
         return self.embedder.embed_pixels(self.embedder.preprocess([Image.fromarray(f) for f in frames]))
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64, max_queued_requests=128)
 class Retriever:
     """k-NN retrieval replica over the index at ``index`` (see :func:`serve_app.index.open_index`)."""
 
@@ -180,6 +181,29 @@ class Retriever:
         ranked = await asyncio.to_thread(rerank_with_text, self.index, image_hits, vectors, text_hits, text_vector,
                                          text_weight, n)
         return page(ranked, k, offset, min_score)
+
+    async def search_similar(self, positive: list[str], negative: list[str], k: int, filters: dict | None = None,
+                             offset: int = 0, min_score: float | None = None, text_vector: np.ndarray | None = None,
+                             text_weight: float = 0.5) -> list[dict[str, Any]]:
+        """More like ``positive`` (and unlike ``negative``): k-NN by their stored embeddings combined by
+        :func:`serve_app.recommend.recommend_vector`, the input products left out; with ``text_vector``
+        (float32 ``(1, D)``) re-ranked by it as a soft filter.
+
+        Raises:
+            UnknownProducts: ids not in the index (all named). RecommendError: the examples cancel out.
+            FilterError: see :meth:`search`.
+        """
+        stored = await asyncio.to_thread(self.index.vectors, [*positive, *negative])
+        vector = recommend_vector(stored, positive, negative)
+        inputs = {*positive, *negative}
+        n = fetch_size(k, offset) + len(inputs)  # the inputs may rank anywhere among the first n
+        if text_vector is None:
+            ranked = (await self._knn(vector, n, filters))[0]
+        else:
+            image_hits, text_hits = await self._knn(with_text_query(vector, text_vector), pool_size(n), filters)
+            ranked = await asyncio.to_thread(rerank_with_text, self.index, image_hits, vector, text_hits,
+                                             text_vector, text_weight, n)
+        return page(without_products(ranked, inputs), k, offset, min_score)
 
     async def find_similar(self, query_hash: int, top: int, max_distance: int, mode: str = "phash",
                            vector: np.ndarray | None = None, thresholds: dict[str, float] | None = None

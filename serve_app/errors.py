@@ -5,6 +5,7 @@ specific Python errors; only the ingress turns them into HTTP here.
 """
 
 import asyncio
+import logging
 
 from fastapi.responses import JSONResponse
 
@@ -12,10 +13,12 @@ from serve_app.filters import FilterError
 from serve_app.images import ImageDecodeError, ImageLimitError, UnsupportedImageError
 from serve_app.index.base import QueryDimensionError
 from serve_app.query_image import CropError
+from serve_app.recommend import RecommendError
 from serve_app.thumbnails import ProductNotFound, ThumbnailUnavailable
 from serve_app.url_fetch import UrlFetchError
 from serve_app.video import NoFramesError, VideoDecodeError, VideoLimitError
 
+logger = logging.getLogger("ray.serve")
 RETRY_AFTER_S = 1  # what a 503 tells a client to wait before retrying, seconds
 
 
@@ -58,6 +61,7 @@ STATUS_OF = (
     (QueryDimensionError, 503, "model_index_mismatch"),
     (ThumbnailUnavailable, 502, "thumbnail_unavailable"),
     (CropError, 422, "invalid_request"),
+    (RecommendError, 422, "invalid_request"),
 )
 
 
@@ -92,4 +96,6 @@ def to_api_error(e: BaseException) -> ApiError:
     failure = replica_failure(e) or replica_failure(cause)
     if failure is not None:
         return failure
-    return ApiError(500, "internal_error", f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+    # Internals (exception text, paths, addresses) stay in the replica's log, not in the answer.
+    logger.error("internal error answering a request: %s: %s", type(cause).__name__, cause, exc_info=cause)
+    return ApiError(500, "internal_error", "the service failed to answer this request (logged); retry or report it")

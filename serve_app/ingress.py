@@ -2,8 +2,9 @@
 
 No model or index code here. A photo is read (or fetched) once and turned into CLIP's uint8 input here
 (:func:`serve_app.query_image.prepare_query_image`, in a worker thread): the Encoder receives 150 KB of
-pixels, never the upload. The ingress hands the Encoder's ``DeploymentResponse`` straight to the Retriever and
-awaits only the Retriever's answer (Ray Serve "model composition" guide). Hops per path: text and photo
+pixels, never the upload. The ingress awaits each hop's answer before the next (:func:`_then`), so a replica that
+dies mid-request fails fast and is retried instead of stalling the chain; with Ray Serve's gRPC transport the
+arguments pass through the caller either way. Hops per path: text and photo
 search 2 (Encoder, Retriever), video 3 (VideoDecoder, Encoder, Retriever), ``find_similar`` 1 (Retriever; 2 in
 robust mode). Errors follow the contract envelope (:mod:`serve_app.errors`); a failed hop is retried once
 (every endpoint only reads), then answers 503 with ``Retry-After``.
@@ -24,11 +25,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.config import AppArgs
 from serve_app.errors import ApiError, error_response, replica_failure, to_api_error
+from serve_app.http_limits import RequestLimits, RequestLimitsMiddleware
 from serve_app.images import ImageDecodeError, open_image
 from serve_app.preprocess import ClipGeometry
 from serve_app.query_image import QueryImage, prepare_query_image
 from serve_app.request_params import (CROP_FIELD, MAX_K, MIN_SCORE_FIELD, OFFSET_FIELD, TEXT_FIELD, TEXT_WEIGHT_FIELD,
-                                      TextQuery, check_filters, check_page, crop_field, filters_field,
+                                      SimilarQuery, TextQuery, check_filters, check_page, crop_field, filters_field,
                                       soft_filter_args)
 from serve_app.results import search_body, video_body
 from serve_app.thumbnails import DEFAULT_SIZE, ByteLRU, clamp_size, etag
@@ -36,10 +38,17 @@ from serve_app.url_fetch import fetch_image_url
 
 STATIC_DIR = Path(__file__).parent / "static"
 THUMBNAIL_MAX_AGE_S = 300
+HEALTH_TTL_S = 1.0  # /healthz reuses the stages' info for this long, seconds
+HEALTH_TIMEOUT_S = 2.0  # and waits this long for fresh info
+HEALTH_STALE_S = 15.0  # before a slow refresh fails the check, the last good info serves this long
 app = FastAPI(title="Visual Search", version="0.1.0",
               description="Search a product catalog by photo, text or video (CLIP embeddings, k-NN).")
 # The web page's assets (the page itself is GET /); everything is served from this origin, nothing external.
 app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+# Admission, body size and body time limits before any route runs (serve_app.http_limits); the Ingress replica
+# sets them from its app args when it starts.
+app.state.request_limits = RequestLimits()
+app.add_middleware(RequestLimitsMiddleware, limits=lambda: app.state.request_limits)
 
 
 @app.exception_handler(ApiError)
@@ -68,11 +77,24 @@ async def _unhandled(_: Request, e: Exception):
     return error_response(err.status, err.code, err.message, err.headers)
 
 
+async def _then(first, then):
+    """Await ``first`` here, then ``then(its result)``: each hop's answer comes back to the ingress, so a replica
+    that dies mid-request fails this call at once (a response handed on unresolved to the next deployment can
+    wait for a dead replica until the request timeout) and :meth:`Ingress._call` retries it."""
+    return await then(await first)
+
+
+async def _none():
+    return None
+
+
 def _elapsed_ms(started: float) -> float:
     return 1000 * (time.perf_counter() - started)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
+# Two replicas by default: HAProxy sends a request that finds one dead to the other, so killing an ingress costs
+# only the requests it held.
+@serve.deployment(num_replicas=2, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
 @serve.ingress(app)
 class Ingress:
     """The HTTP front door; holds handles to the Encoder, Retriever and VideoDecoder deployments."""
@@ -81,8 +103,10 @@ class Ingress:
                  args: dict):
         self.encoder, self.retriever, self.decoder = encoder, retriever, decoder
         self.args = AppArgs(**args)
+        app.state.request_limits = RequestLimits.from_app_args(self.args)
         self.thumbnails = ByteLRU(ttl_s=THUMBNAIL_MAX_AGE_S)  # (product_id, size) → JPEG bytes
         self._geometry: ClipGeometry | None = None
+        self._health: tuple[float, tuple[dict, dict]] | None = None  # (monotonic time, (encoder, retriever info))
 
     async def _call(self, make, retries: int = 1):
         """Await ``make()`` (a deployment response or chain of them) within ``request_timeout_s``. A replica that
@@ -163,12 +187,28 @@ class Ingress:
             return Response(status_code=304, headers=headers)
         return Response(body, media_type="image/jpeg", headers=headers)
 
+    async def _health_info(self) -> tuple[dict, dict]:
+        """The Encoder's and Retriever's ``info``, at most ``HEALTH_TTL_S`` old. A refresh that takes longer than
+        ``HEALTH_TIMEOUT_S`` (a busy Encoder queue) answers from the last good one while it is under
+        ``HEALTH_STALE_S`` old, so readiness does not flap with load; an unreachable stage fails it."""
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < HEALTH_TTL_S:
+            return self._health[1]
+        try:
+            info = await asyncio.wait_for(asyncio.gather(self.encoder.info.remote(), self.retriever.info.remote()),
+                                          HEALTH_TIMEOUT_S)
+        except Exception as e:
+            if self._health is not None and now - self._health[0] < HEALTH_STALE_S:
+                return self._health[1]
+            raise to_api_error(e) from None
+        self._health = (now, tuple(info))
+        return self._health[1]
+
     @app.get("/healthz")
     async def healthz(self):
         """200 when the model and index are loaded: product count, model id, weights kind, the served encoder's
-        runtime and precision, and the ones that embedded the index."""
-        encoder, index = await asyncio.gather(self._call(lambda: self.encoder.info.remote()),
-                                              self._call(lambda: self.retriever.info.remote()))
+        runtime and precision, and the ones that embedded the index (answered within ``HEALTH_TIMEOUT_S``)."""
+        encoder, index = await self._health_info()
         body = {"status": "ok", "products": index["products"], "model_id": encoder["model_id"],
                 "model_weights": encoder["weights"], "runtime": encoder["runtime"], "dtype": encoder["dtype"],
                 "dim": encoder["dim"], "index": index["index"], "index_model_id": index["model_id"],
@@ -185,8 +225,9 @@ class Ingress:
         started = time.perf_counter()
         check_filters(body.filters)
         check_page(body.k, body.offset, self.args.max_k)
-        results = await self._call(lambda: self.retriever.search.remote(
-            self.encoder.embed_text.remote(body.query), body.k, body.filters, body.offset, body.min_score))
+        results = await self._call(lambda: _then(self.encoder.embed_text.remote(body.query), lambda vector:
+                                   self.retriever.search.remote(vector, body.k, body.filters, body.offset,
+                                                                body.min_score)))
         return search_body(results, body.k, _elapsed_ms(started), body.offset, body.min_score)
 
     @app.post("/search/image")
@@ -204,13 +245,32 @@ class Ingress:
         check_page(k, offset, self.args.max_k)
         photo = await self._photo(await self._image_bytes(file, image_url), box)
         if text is None:
-            results = await self._call(lambda: self.retriever.search.remote(
-                self.encoder.embed_pixels.remote(photo.pixels), k, parsed_filters, offset, min_score))
+            results = await self._call(lambda: _then(self.encoder.embed_pixels.remote(photo.pixels), lambda vector:
+                                       self.retriever.search.remote(vector, k, parsed_filters, offset, min_score)))
             return search_body(results, k, _elapsed_ms(started), offset, min_score)
-        results = await self._call(lambda: self.retriever.search_soft.remote(
-            self.encoder.embed_pixels.remote(photo.pixels), self.encoder.embed_text.remote(text), k, parsed_filters,
-            text_weight, offset, min_score))
+        results = await self._call(lambda: _then(
+            asyncio.gather(self.encoder.embed_pixels.remote(photo.pixels), self.encoder.embed_text.remote(text)),
+            lambda vectors: self.retriever.search_soft.remote(*vectors, k, parsed_filters, text_weight, offset,
+                                                              min_score)))
         return search_body(results, k, _elapsed_ms(started), offset, min_score, text=text, text_weight=text_weight)
+
+    @app.post("/search/similar")
+    async def search_similar(self, body: SimilarQuery):
+        """More like this: products like the ``positive`` ones (and unlike the ``negative`` ones) by their stored
+        image embeddings, ``q = 2·avg(positive) − avg(negative)`` (Qdrant's average-vector rule), the inputs left
+        out; ``text`` re-ranks as in image search. Unknown product ids: 404 naming them."""
+        started = time.perf_counter()
+        check_filters(body.filters)
+        check_page(body.k, body.offset, self.args.max_k)
+        text, text_weight = soft_filter_args(body.text, body.text_weight)
+        results = await self._call(lambda: _then(
+            self.encoder.embed_text.remote(text) if text is not None else _none(),
+            lambda text_vector: self.retriever.search_similar.remote(
+                body.positive, body.negative, body.k, body.filters, body.offset, body.min_score, text_vector,
+                text_weight)))
+        extra = {"text": text, "text_weight": text_weight} if text is not None else {}
+        return search_body(results, body.k, _elapsed_ms(started), body.offset, body.min_score,
+                           positive=body.positive, negative=body.negative, **extra)
 
     async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str, crop) -> dict:
         started = time.perf_counter()
@@ -218,9 +278,9 @@ class Ingress:
         photo = await self._photo(data, crop, pixels=mode == "robust", phash=True)
         thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
                       "confirm_min_score": self.args.dedup_confirm_min_score}
-        body = await self._call(lambda: self.retriever.find_similar.remote(
-            photo.phash, top, max_distance, mode,
-            self.encoder.embed_pixels.remote(photo.pixels) if mode == "robust" else None, thresholds))
+        body = await self._call(lambda: _then(
+            self.encoder.embed_pixels.remote(photo.pixels) if mode == "robust" else _none(),
+            lambda vector: self.retriever.find_similar.remote(photo.phash, top, max_distance, mode, vector, thresholds)))
         if mode == "robust":
             body |= thresholds
         return body | {"top": top, "took_ms": round(_elapsed_ms(started), 2)}
@@ -265,11 +325,13 @@ class Ingress:
                            f"max_frames: at most {self.args.max_video_frames} frames per clip")
         data = await self._read_upload(file, self.args.max_video_bytes)
 
-        def chain():
-            clip = self.encoder.embed_clip.remote(self.decoder.decode.remote(data, fps, max_frames, frame_thumbnails))
+        async def chain():
             text_vector = None if text is None else self.encoder.embed_text.remote(text)
-            return self.retriever.search_clip.remote(clip, k, parsed_filters, fusion, text_vector, text_weight,
-                                                     offset, min_score)
+            clip = await self.encoder.embed_clip.remote(await self.decoder.decode.remote(data, fps, max_frames,
+                                                                                         frame_thumbnails))
+            return await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion,
+                                                           None if text_vector is None else await text_vector,
+                                                           text_weight, offset, min_score)
 
         answer = await self._call(chain)
         extra = {"text": text, "text_weight": text_weight} if text is not None else {}

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from fastapi import Form
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from serve_app.errors import ApiError, to_api_error
 from serve_app.filters import FilterError, parse_filters
@@ -40,6 +40,33 @@ class TextQuery(BaseModel):
         if not v.strip():
             raise ValueError("query must not be empty")
         return v
+
+
+class SimilarQuery(BaseModel):
+    """``POST /search/similar``: more like these products (:mod:`serve_app.recommend`)."""
+
+    positive: list[str] = Field(..., min_length=1, max_length=100, description="product ids to look like")
+    negative: list[str] = Field(default_factory=list, max_length=100, description="product ids to look unlike")
+    text: str | None = Field(None, max_length=2000, description="soft filter: re-rank by this description")
+    text_weight: float | None = Field(None, ge=0.0, le=1.0, description="weight of the text, default 0.5")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
+    offset: int = Field(0, ge=0, le=MAX_K - 1, description="ranks to skip (paging)")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="drop results scoring below this")
+    filters: dict[str, Any] | None = Field(None, description='e.g. {"category": ["food"]}')
+
+    @field_validator("positive", "negative")
+    @classmethod
+    def _ids(cls, v: list[str]) -> list[str]:
+        if any(not p.strip() for p in v):
+            raise ValueError("product ids must not be empty")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> "SimilarQuery":
+        both = sorted(set(self.positive) & set(self.negative))
+        if both:
+            raise ValueError(f"product ids both positive and negative: {both}")
+        return self
 
 
 def check_filters(filters: dict | None) -> dict | None:

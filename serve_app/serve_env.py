@@ -15,6 +15,9 @@ throughput on Ray Serve" guide (Ray 2.55+) documents the first two:
 - ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`` — the largest message between replicas over that gRPC path
   (Ray's default is gRPC's 4 MiB): a video upload (``max_video_bytes``, 50 MiB by default) travels to the
   VideoDecoder in one message, so this is 256 MiB; raise it with ``max_video_bytes``.
+- ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60`` — HAProxy drops a client connection idle for 60 s (Ray's default is
+  3600 s, which lets idle or stalled connections pile up); a body that arrives too slowly is the ingress's 408
+  (:mod:`serve_app.http_limits`).
 
 Measured on the 2-core development machine with a no-op graph of this service's shape (FastAPI ingress and
 two chained hops): p50 33 → 12–14 ms and 40 → 11–14 ms of CPU per request (benchmarks/RESULTS.md).
@@ -27,6 +30,7 @@ SERVE_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 * 1024 * 1024),
+    "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
 }
 
 

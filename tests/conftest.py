@@ -18,6 +18,10 @@ from serve_app.serve_env import apply_serve_env  # noqa: E402
 apply_serve_env()  # the Ray Serve settings the service runs with, before any Ray process starts
 for _var in ("VS_MODEL", "VS_INDEX", "VS_DTYPE"):  # the tests pass their own model and index
     os.environ.pop(_var, None)
+# moto's fake S3 credentials, set before Ray starts: credentials reach Ray workers only through the environment
+# Ray starts in, never a runtime_env (batch_jobs.pipeline.WORKER_ENV).
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
@@ -245,7 +249,8 @@ def service(ingested, served_model, image_host) -> str:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_app({"model": served_model, "index": index, "encoder_threads": 2, "max_upload_bytes": 1024 * 1024,
                      "image_url_timeout_s": 1.0, "image_url_max_bytes": 1024 * 1024,
-                     "image_url_allow_networks": ["127.0.0.2/32"], "max_video_bytes": 9 * 1024 * 1024})
+                     "image_url_allow_networks": ["127.0.0.2/32"], "max_video_bytes": 9 * 1024 * 1024,
+                     "body_timeout_s": 3.0})
     serve.run(app, name="visual_search", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     assert httpx.get(base + "/healthz", timeout=30).status_code == 200
