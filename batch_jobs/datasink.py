@@ -29,18 +29,22 @@ class SinkResult:
 class IndexDatasink(Datasink[SinkResult]):
     """Upsert blocks into the index at ``index_uri`` and mirror them to Parquet under ``embeddings_uri``.
 
-    Rows whose ``error`` is set are not written; they come back in :attr:`failed` for the report. Writes are
-    serialised (``supports_distributed_writes`` is true but the pipeline runs the sink with concurrency 1)
-    because concurrent LanceDB ``merge_insert`` commits on one table conflict.
+    Rows whose ``error`` is set are not written; they come back in :attr:`failed` for the report. With
+    ``append`` (a new version, whose rows the manifest step made unique) each write task appends its rows
+    (:meth:`VectorIndex.append`: Lance commits concurrent appends without conflict; OpenSearch bulk-indexes by
+    id), so the pipeline runs several writer tasks and every finished task's rows are durable (``--resume``
+    skips them). Without it (upsert mode) LanceDB's ``merge_insert`` commits conflict, so the pipeline runs one.
     After all blocks, :meth:`on_write_complete` runs :meth:`VectorIndex.finish_bulk_load` once.
     """
 
     def __init__(self, index_uri: str, info: IndexInfo, embeddings_uri: str | None,
-                 index_options: dict | None = None, rows_per_write: int = 256, flag_duplicates: int | None = None):
+                 index_options: dict | None = None, rows_per_write: int = 256, flag_duplicates: int | None = None,
+                 append: bool = False):
         self.index_uri, self.info, self.embeddings_uri = index_uri, info, embeddings_uri
         self.index_options = index_options or {}
         self.rows_per_write = rows_per_write
         self.flag_duplicates = flag_duplicates
+        self.append = append
         self.written = 0
         self.failed: list[dict] = []
         self.near_duplicates: list[dict] = []
@@ -56,16 +60,20 @@ class IndexDatasink(Datasink[SinkResult]):
         index = open_index(self.index_uri, info=self.info, **self.index_options)
         result = SinkResult()
         for block in blocks:
-            batch = BlockAccessor.for_block(block).to_numpy()
+            accessor = BlockAccessor.for_block(block)
+            if accessor.num_rows() == 0:  # every row of it was filtered out upstream
+                continue
+            batch = accessor.to_numpy()
             columns = {c: list(v) for c, v in batch.items()}
             for i, err in enumerate(columns["error"]):
                 if err:
-                    result.failed.append({"product_id": columns["product_id"][i], "image": columns["image"][i],
-                                          "reason": err})
+                    where = {"shard": columns["shard"][i], "line": int(columns["line"][i])} if "shard" in columns else {}
+                    result.failed.append(where | {"product_id": columns["product_id"][i],
+                                                  "image": columns["image"][i], "reason": err})
             rows = to_index_rows(columns, self.info.dim)
             if self.flag_duplicates is not None and rows.num_rows:
                 result.near_duplicates += _near_duplicates(index, rows, self.flag_duplicates)
-            result.written += index.upsert(rows)
+            result.written += index.append(rows) if self.append else index.upsert(rows)
             result.failed += [f | {"image": None} for f in index.drain_failures()]
             if self.embeddings_uri and rows.num_rows:
                 self._write_parquet(rows)

@@ -13,12 +13,17 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from batch_jobs.manifest import list_shards
 from serve_app import storage
-from serve_app.catalog import read_manifest
 from serve_app.index import IndexInfo, create_version, is_opensearch, lease, open_index
 from serve_app.index.lease import DEFAULT_TTL_S, DEFAULT_WAIT_S
 
 log = logging.getLogger("visual_search.ingest")
+# A run whose bad rows (manifest rows and images that failed) exceed this share of the manifest does not publish:
+# one bad row in ten means something is wrong with the catalog or its storage (expired credentials, a moved
+# bucket), and swapping the alias to a gutted index would be worse than keeping the previous one.
+DEFAULT_MAX_BAD_FRACTION = 0.1
+MAX_LISTED_BAD_ROWS = 10_000  # bad rows listed in the report (all are counted)
 
 
 @dataclass
@@ -46,6 +51,9 @@ class IngestOptions:
     hnsw_ef_search: int = 100  # OpenSearch faiss HNSW query-time candidate list (index setting)
     lease_ttl_s: float = DEFAULT_TTL_S  # seconds a crashed run keeps the index's lease (renewed every ttl/3)
     lease_wait_s: float = DEFAULT_WAIT_S  # seconds to wait while another run holds it (0: refuse at once)
+    write_concurrency: int = 2  # index writer tasks (LanceDB appends to a new version, OpenSearch bulk)
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION  # more bad rows than this share of the manifest: no publish
+    resume: bool = False  # continue the newest unpublished version a killed or failed run left behind
 
     def __post_init__(self):
         valid = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}
@@ -57,6 +65,12 @@ class IngestOptions:
         if self.keep_versions < 2:
             raise ValueError(f"keep_versions must be at least 2 (the new version and the previous one), got "
                              f"{self.keep_versions}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ValueError(f"max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
+        if self.write_concurrency < 1:
+            raise ValueError(f"write_concurrency must be at least 1, got {self.write_concurrency}")
+        if self.resume and self.mode != "new-version":
+            raise ValueError("resume continues an unpublished new version: it needs mode 'new-version'")
         if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
             raise ValueError(f"lease_ttl_s must be > 0 and lease_wait_s >= 0 (seconds), got {self.lease_ttl_s} "
                              f"and {self.lease_wait_s}")
@@ -69,18 +83,21 @@ class IngestOptions:
 
 
 MODES = ("new-version", "upsert")
-# Settings the workers need to reach S3 and OpenSearch; a local Ray's workers were started before the caller
-# may have set them, so they travel with the tasks (on KubeRay the pods have them anyway).
-WORKER_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
-              "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "VS_S3_ENDPOINT_URL", "VS_OPENSEARCH_USER",
-              "VS_OPENSEARCH_PASSWORD", "VS_OPENSEARCH_CA_CERTS", "VS_OPENSEARCH_VERIFY_CERTS")
+# Where the workers find S3 and OpenSearch. A local Ray's workers may have started before the caller set these,
+# so they travel with the tasks (on KubeRay the pods have them anyway). None of them is a secret: Ray writes a
+# runtime_env to its logs and keeps it in the cluster's metadata. Credentials (AWS_ACCESS_KEY_ID,
+# AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, VS_OPENSEARCH_USER/PASSWORD) reach workers only through the
+# environment Ray itself starts in: the one this process has when it starts a local Ray, the pods' Secrets on
+# KubeRay, or an instance role.
+WORKER_ENV = ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "VS_S3_ENDPOINT_URL",
+              "VS_OPENSEARCH_CA_CERTS", "VS_OPENSEARCH_VERIFY_CERTS")
 
 
 def worker_runtime_env() -> dict:
-    """``{"runtime_env": {"env_vars": ...}}`` with the :data:`WORKER_ENV` variables set here ({} if none).
+    """``{"runtime_env": {"env_vars": ...}}`` with the :data:`WORKER_ENV` variables set here ({} if none) —
+    endpoints, region and TLS settings, never credentials.
 
-    Only for a Ray on this machine (no ``RAY_ADDRESS``): on a remote cluster the pods carry these settings
-    themselves, and secrets put in a runtime_env would be stored in the cluster's metadata and dashboard."""
+    Only for a Ray on this machine (no ``RAY_ADDRESS``): on a remote cluster the pods carry these settings."""
     if os.environ.get("RAY_ADDRESS"):
         return {}
     env = {k: os.environ[k] for k in WORKER_ENV if os.environ.get(k)}
@@ -105,6 +122,9 @@ class IngestReport:
     mode: str = "new-version"
     version: str | None = None
     published: bool = False
+    not_published_because: str | None = None
+    bad_fraction: float = 0.0
+    resumed: dict | None = None  # the unpublished version this run continued: {"version", "products"}
     dropped_versions: list[str] = field(default_factory=list)
     bad_rows: list[dict] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)
@@ -178,7 +198,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     from batch_jobs.datasink import IndexDatasink
 
     started = time.perf_counter()
-    products, bad = read_manifest(catalog)
+    list_shards(catalog)  # fail fast (ManifestError) before the lease, Ray and the model
     info = model_info(options.model, options.runtime, options.dtype)
     with lease(index, f"ingest-{uuid.uuid4().hex[:8]}", ttl_s=options.lease_ttl_s,
                wait_s=options.lease_wait_s) as held:
@@ -188,41 +208,131 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         if not remote_index:
             embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
         report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
-        result = IngestReport(catalog=catalog, index=index, model=options.model,
-                              rows_in_manifest=len(products) + len(bad), embeddings=embeddings, report=report,
-                              mode=options.mode, bad_rows=[b.to_dict() for b in bad])
-        log.info("catalog %s: %d valid rows, %d invalid", catalog, len(products), len(bad))
+        manifest = validated_catalog(catalog)
+        result = IngestReport(catalog=catalog, index=index, model=options.model, rows_in_manifest=manifest.rows,
+                              embeddings=embeddings, report=report, mode=options.mode, bad_rows=manifest.bad_rows)
+        log.info("catalog %s: %d shards, %d rows, %d invalid", catalog, manifest.shards, manifest.rows,
+                 manifest.bad)
 
-        target = _target_version(index, info, options)
+        target, done = _target_version(index, info, options)
         result.version = target.version
+        result.resumed = {k: done[k] for k in ("version", "products")} if done else None
         sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
-                             flag_duplicates=options.flag_duplicates)
+                             flag_duplicates=options.flag_duplicates, append=options.mode == "new-version")
         try:
-            _run_pipeline(ray, products, options, sink)
+            _run_pipeline(ray, manifest.valid(skip=done["product_ids"] if done else None), options, sink,
+                          concurrency=options.write_concurrency if options.mode == "new-version" or remote_index
+                          else 1)
         except BaseException:
-            if options.mode == "new-version" and not held.lost:
-                target.drop()
+            log.error("the run failed; version %s is left unpublished: `--resume` continues it", target.version)
             raise
         held.check()  # renews the lease now; raises LeaseLost if another run took it over meanwhile
-        if options.mode == "new-version":
-            if sink.written:
+
+        result.indexed = sink.written
+        result.bad_rows += sink.failed[:max(0, MAX_LISTED_BAD_ROWS - len(result.bad_rows))]
+        result.skipped = manifest.bad + len(sink.failed)
+        result.bad_fraction = round(result.skipped / max(1, manifest.rows), 4)
+        result.near_duplicates = sink.near_duplicates
+        if result.bad_fraction > options.max_bad_fraction:
+            result.not_published_because = (
+                f"{result.skipped} of {manifest.rows} rows are bad ({result.bad_fraction:.1%}), over "
+                f"max_bad_fraction {options.max_bad_fraction:.1%}: the alias stays where it was; fix the rows "
+                f"and run again, or raise --max-bad-fraction")
+            log.error("%s", result.not_published_because)
+        elif options.mode == "new-version":
+            if sink.written or done:
                 result.dropped_versions = target.publish(keep=options.keep_versions)
                 result.published = True
             else:
+                result.not_published_because = "nothing was indexed"
                 log.error("nothing was indexed; the alias %s still points at the previous version", index)
                 target.drop()
         else:
             result.published = True
-
-        result.indexed = sink.written
-        result.bad_rows += sink.failed
-        result.skipped = len(result.bad_rows)
-        result.near_duplicates = sink.near_duplicates
         result.products_in_index = _products_in_index(index)
         result.seconds = round(time.perf_counter() - started, 3)
         result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
         storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
         return result
+
+
+@dataclass
+class ValidatedCatalog:
+    """The manifest as a materialised Ray dataset (in the object store, not the driver) with its counts."""
+
+    dataset: object  # ray.data.MaterializedDataset of batch_jobs.manifest.ROW_SCHEMA rows
+    shards: int
+    rows: int
+    bad: int
+    bad_rows: list[dict]  # the first MAX_LISTED_BAD_ROWS of them
+    duplicates: int
+
+    def valid(self, skip=None):
+        """The valid rows (lazily), without the products in ``skip`` (an object ref or set of product ids)."""
+        from batch_jobs.manifest import valid_rows
+
+        ds = self.dataset.map_batches(valid_rows, batch_size=None, batch_format="pyarrow", num_cpus=0.1)
+        if skip is None:
+            return ds
+        return ds.map_batches(_skip_done, batch_size=None, batch_format="pyarrow", fn_kwargs={"done": skip}, num_cpus=0.1)
+
+
+def _skip_done(batch, done):
+    """Ray Data ``map_batches`` function: the rows whose ``product_id`` is not in ``done`` (an object ref of a
+    list of ids, fetched once per worker process)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import ray
+
+    key = done.hex() if isinstance(done, ray.ObjectRef) else id(done)
+    if _DONE_CACHE.get("key") != key:
+        _DONE_CACHE.update(key=key, ids=pa.array(ray.get(done) if isinstance(done, ray.ObjectRef) else done,
+                                                 pa.string()))
+    return batch.filter(pc.invert(pc.is_in(batch.column("product_id"), value_set=_DONE_CACHE["ids"])))
+
+
+_DONE_CACHE: dict = {}
+
+
+def validated_catalog(catalog: str, check_images: bool = False, timeout_s: float = 10.0,
+                      rows_per_block: int | None = None) -> ValidatedCatalog:
+    r"""Read and validate every shard of ``catalog`` in Ray tasks (:mod:`batch_jobs.manifest`), mark the
+    repeated ``product_id``\s, optionally check that every image exists; only counts and the first
+    :data:`MAX_LISTED_BAD_ROWS` bad rows come to the driver.
+
+    Raises:
+        ManifestError: ``catalog`` names no shard.
+    """
+    from batch_jobs.manifest import ROWS_PER_BLOCK, bad_row, bad_rows, duplicate_winners, mark_duplicates, read_catalog
+
+    shards = list_shards(catalog)
+    parsed = read_catalog(catalog, rows_per_block=rows_per_block or ROWS_PER_BLOCK, **worker_runtime_env()).materialize()
+    winners = duplicate_winners(parsed, partitions=max(2, min(32, len(shards))))
+    ds = parsed.map_batches(mark_duplicates, batch_size=None, batch_format="pyarrow", fn_kwargs={"winners": winners,
+                                                                               "shards": shards}, num_cpus=0.1)
+    if check_images:
+        ds = ds.map_batches(check_image_exists, batch_size=None, batch_format="pyarrow", fn_kwargs={"timeout_s": timeout_s},
+                            num_cpus=0.1, **worker_runtime_env())
+    ds = ds.materialize()
+    bad = ds.map_batches(bad_rows, batch_size=None, batch_format="pyarrow", num_cpus=0.1).materialize()
+    listed = [bad_row(r) for r in bad.take(MAX_LISTED_BAD_ROWS)]
+    return ValidatedCatalog(dataset=ds, shards=len(shards), rows=ds.count(), bad=bad.count(), bad_rows=listed,
+                            duplicates=sum(1 for r in listed if r["reason"].startswith("duplicate product_id")))
+
+
+def check_image_exists(batch, timeout_s: float = 10.0):
+    """Ray Data ``map_batches`` function: valid rows whose image is missing (or cannot be checked) get ``error``."""
+    import pyarrow as pa
+
+    errors = batch.column("error").to_pylist()
+    for i, (uri, error) in enumerate(zip(batch.column("image").to_pylist(), errors)):
+        if error is None:
+            try:
+                if not storage.exists(uri, timeout_s=timeout_s):
+                    errors[i] = f"image not found: {uri}"
+            except storage.StorageError as e:
+                errors[i] = f"image cannot be checked: {e}"
+    return batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
 
 
 def _products_in_index(uri: str) -> int:
@@ -236,35 +346,51 @@ def _products_in_index(uri: str) -> int:
 
 
 def _target_version(index: str, info: IndexInfo, options: IngestOptions):
-    """The physical version this run writes: a new one, or (upsert mode) the current one of the same model."""
-    from serve_app.index import IndexOpenError
+    """The physical version this run writes and, when resuming, what is in it already: a new version, the
+    newest unpublished one of this model (``resume``), or (upsert mode) the current one of the same model.
 
+    Returns:
+        ``(index handle, None or {"version", "products", "product_ids"})`` (``product_ids``: an object ref).
+
+    Raises:
+        IndexOpenError: ``resume`` with no unpublished version to continue, or upsert mode with another model.
+    """
+    from serve_app.index import IndexOpenError, unpublished_versions
+
+    if options.mode == "new-version" and options.resume:
+        left = unpublished_versions(index, info)
+        if not left:
+            raise IndexOpenError(f"nothing to resume in {index}: no unpublished version of {info.model_id!r} "
+                                 "(run without --resume)")
+        import ray
+
+        target = open_index(index, version=left[-1], **options.index_options(index))
+        ids = target.product_ids()
+        log.info("resuming version %s: %d products already written", target.version, len(ids))
+        return target, {"version": target.version, "products": len(ids), "product_ids": ray.put(ids)}
     if options.mode == "new-version":
-        return create_version(index, info, **options.index_options(index))
+        return create_version(index, info, **options.index_options(index)), None
     current = open_index(index, info=info, **options.index_options(index))
     if current.info.model_id != info.model_id:
         raise IndexOpenError(f"index {index} holds embeddings from {current.info.model_id!r}; upserting "
                              f"{info.model_id!r} embeddings would mix two models: use --mode new-version")
-    return current
+    return current, None
 
 
-def _run_pipeline(ray, products: list, options: IngestOptions, sink) -> None:
+def _run_pipeline(ray, ds, options: IngestOptions, sink, concurrency: int = 1) -> None:
+    """valid manifest rows → load/decode/hash (tasks) → CLIP embed (actor pool) → ``concurrency`` index writers."""
     from batch_jobs.stages import EmbedImages, load_images
 
-    if products:
-        rows = [p.model_dump() | {"attributes": json.dumps(p.attributes, sort_keys=True)} for p in products]
-        blocks = max(1, min(len(rows) // options.batch_size, 200))
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(load_images, batch_size=options.batch_size, batch_format="numpy",
-                            fn_kwargs={"model": options.model, "max_bytes": options.max_image_bytes,
-                                       "timeout_s": options.fetch_timeout_s},
-                            num_cpus=options.load_num_cpus,
-                            compute=ray.data.TaskPoolStrategy(size=options.load_concurrency),
-                            **worker_runtime_env())
-        ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
-                            fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
-                                                   "runtime": options.runtime,
-                                                   "num_threads": options.embed_threads},
-                            num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
-                            compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
-        ds.write_datasink(sink, concurrency=1, ray_remote_args={"num_cpus": 0.25} | worker_runtime_env())
+    ds = ds.map_batches(load_images, batch_size=options.batch_size, batch_format="numpy",
+                        fn_kwargs={"model": options.model, "max_bytes": options.max_image_bytes,
+                                   "timeout_s": options.fetch_timeout_s},
+                        num_cpus=options.load_num_cpus,
+                        compute=ray.data.TaskPoolStrategy(size=options.load_concurrency),
+                        **worker_runtime_env())
+    ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
+                        fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
+                                               "runtime": options.runtime,
+                                               "num_threads": options.embed_threads},
+                        num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
+                        compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
+    ds.write_datasink(sink, concurrency=concurrency, ray_remote_args={"num_cpus": 0.25} | worker_runtime_env())

@@ -41,7 +41,7 @@ def main() -> None:
     texts = {b: [f"a photo of product number {i}, red and shiny" for i in range(b)] for b in (1, 16)}
     cases = [(kind, b) for kind in ("image", "text") for b in (1, 16)]
     samples = {name: {f"{k}{b}": [] for k, b in cases} for name in embedders}
-    for name, e in embedders.items():  # warm-up
+    for e in embedders.values():  # warm-up
         e.embed_pixels(pixels[1])
         e.embed_texts(texts[1])
     for _ in range(args.repeats):

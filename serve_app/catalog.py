@@ -117,7 +117,7 @@ def to_product(raw: dict, manifest_uri: str) -> Product:
     except ValidationError as e:
         reasons = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ValueError(reasons) from None
-    product.image = storage.join(manifest_uri, product.image)
+    product.image = storage.check_uri(storage.join(manifest_uri, product.image))
     return product
 
 

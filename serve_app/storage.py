@@ -72,6 +72,112 @@ def s3_client():
     return boto3.client("s3", endpoint_url=os.environ.get("VS_S3_ENDPOINT_URL") or None)
 
 
+GLOB_CHARS = "*?["
+
+
+def check_uri(uri: str) -> str:
+    """``uri`` if it can name an object, else a ``ValueError`` saying why: control characters (a NUL byte),
+    an unknown scheme, ``http(s)://`` without a host, ``s3://`` without a bucket or key."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise ValueError(f"{uri!r} holds a control character")
+    kind = scheme(uri)
+    parsed = urlparse(uri)
+    if kind not in ("file", "http", "https", "s3"):
+        raise ValueError(f"unsupported URI scheme {kind!r} in {uri!r}: expected a path, file://, http(s):// or s3://")
+    if kind in ("http", "https") and not parsed.hostname:
+        raise ValueError(f"{uri!r} has no host")
+    if kind == "s3" and (not parsed.netloc or not parsed.path.strip("/")):
+        raise ValueError(f"{uri!r} is not s3://bucket/key")
+    return uri
+
+
+def list_objects(uri: str, suffixes: tuple[str, ...] = ()) -> list[str]:
+    """The objects a file, folder, glob or ``s3://`` prefix names, sorted; only names ending in one of
+    ``suffixes`` (case-insensitive) when given and ``uri`` is not itself one object.
+
+    ``uri``: a path or ``s3://bucket/key`` (one object), a folder or ``s3://bucket/prefix/`` (everything under
+    it, recursively), or a glob (``*``, ``?``, ``[...]`` in the last part: ``shards/part-*.jsonl``). An
+    ``http(s)://`` URI is one object.
+
+    Raises:
+        ObjectNotFound: nothing matches. StorageError: the listing failed.
+    """
+    import fnmatch
+
+    kind = scheme(uri)
+    if kind in ("http", "https"):
+        return [uri]
+    wanted = tuple(s.lower() for s in suffixes)
+
+    def keep(name: str) -> bool:
+        return not wanted or name.lower().endswith(wanted)
+
+    if kind == "file":
+        import glob
+
+        path = local_path(uri)
+        if any(c in str(path) for c in GLOB_CHARS):
+            found = sorted(p for p in glob.glob(str(path)) if os.path.isfile(p))
+        elif path.is_dir():
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and keep(p.name))
+        else:
+            found = [str(path)] if path.is_file() else []
+    elif kind == "s3":
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(uri) if urlparse(uri).path.strip("/") else (urlparse(uri).netloc, "")
+        pattern = key if any(c in key for c in GLOB_CHARS) else None
+        prefix = key[:min(key.index(c) for c in GLOB_CHARS if c in key)] if pattern else key
+        try:
+            keys = [o["Key"] for page in s3_client().get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
+        except (ClientError, BotoCoreError) as e:
+            raise StorageError(f"cannot list {uri}: {e}") from e
+        if pattern:
+            found = [f"s3://{bucket}/{k}" for k in sorted(keys) if fnmatch.fnmatchcase(k, pattern)]
+        elif key in keys:
+            found = [uri]
+        else:
+            found = [f"s3://{bucket}/{k}" for k in sorted(keys) if not k.endswith("/") and keep(k)]
+    else:
+        raise StorageError(f"cannot list {uri!r}: unsupported scheme {kind!r}")
+    if not found:
+        raise ObjectNotFound(f"no objects match {uri}" + (f" (looked for {', '.join(suffixes)})" if suffixes else ""))
+    return found
+
+
+def exists(uri: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Whether an object is at ``uri`` (a local stat, an HTTP HEAD, an S3 HEAD).
+
+    Raises:
+        StorageError: the check itself failed (timeout, permission denied, ...).
+    """
+    kind = scheme(uri)
+    if kind == "file":
+        return local_path(uri).is_file()
+    if kind in ("http", "https"):
+        import httpx
+
+        try:
+            return httpx.head(uri, timeout=timeout_s, follow_redirects=True).status_code < 400
+        except httpx.HTTPError as e:
+            raise StorageError(f"{uri}: {type(e).__name__}: {e}") from e
+    if kind == "s3":
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        bucket, key = split_s3(uri)
+        try:
+            s3_client().head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise StorageError(f"{uri}: {e}") from e
+        except BotoCoreError as e:
+            raise StorageError(f"{uri}: {type(e).__name__}: {e}") from e
+    raise StorageError(f"unsupported URI scheme {kind!r} in {uri!r}")
+
+
 def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_BYTES, timeout_s: float = DEFAULT_TIMEOUT_S) -> bytes:
     """Read a whole object.
 

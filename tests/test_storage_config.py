@@ -89,7 +89,8 @@ def _cli(*args, timeout=120):
 
 
 def test_cli_help_for_every_command():
-    for command in ("sample-catalog", "make-random-clip", "ingest", "demo"):
+    for command in ("sample-catalog", "make-random-clip", "ingest", "demo", "export-onnx", "evaluate",
+                    "make-eval-queries", "dedup-report"):
         result = _cli(command, "--help")
         assert result.returncode == 0 and "usage" in result.stdout
 
@@ -110,3 +111,18 @@ def test_cli_ingest_reports_an_unloadable_model_clearly(tmp_path):
     result = _cli("ingest", "--catalog", str(tmp_path / "c.jsonl"), "--index", str(tmp_path / "ix"),
                   "--model", str(tmp_path / "no-model"))
     assert result.returncode == 2 and "could not load CLIP" in result.stderr
+
+
+def test_ray_workers_get_endpoints_but_never_credentials_in_a_runtime_env(monkeypatch):
+    """Ray writes a runtime_env to its logs and cluster metadata: only non-secret settings travel in it."""
+    from batch_jobs.pipeline import WORKER_ENV, worker_runtime_env
+
+    for key in ("RAY_ADDRESS", *WORKER_ENV):
+        monkeypatch.delenv(key, raising=False)
+    secrets = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_SESSION_TOKEN": "tok",
+               "VS_OPENSEARCH_USER": "admin", "VS_OPENSEARCH_PASSWORD": "hunter2"}
+    for key, value in secrets.items() | {"VS_S3_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(key, value)
+    env = worker_runtime_env()["runtime_env"]["env_vars"]
+    assert env == {"VS_S3_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "eu-west-1"}
+    assert not set(secrets.values()) & set(json.dumps(worker_runtime_env()).split('"'))

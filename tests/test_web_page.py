@@ -8,6 +8,9 @@ screenshot under ``test-artifacts/screenshots/``.
 """
 
 import base64
+import itertools
+import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -189,6 +192,44 @@ def test_video_clip_shows_the_frame_strip_and_matched_frames(page, http, clear_v
     page.screenshot(path=str(SHOTS / "video.png"), full_page=True)
 
 
+def test_video_with_several_shots_shows_each_shots_own_results(page, http, clear_video_rows, tmp_path):
+    from batch_jobs.make_clip import make_clip, shot_frame
+    from serve_app.frame_dedup import frame_hashes
+    from serve_app.images import decode_image
+    from serve_app.phash import hamming_distance
+
+    candidates = clear_video_rows(6)  # as tests/test_video.py's `synthesized`: 3 rows whose frames are far apart
+    hashes = frame_hashes([shot_frame(decode_image(Path(r["image"]).read_bytes())) for r in candidates])
+    trio = next((t for t in itertools.combinations(range(len(candidates)), 3)
+                 if all(hamming_distance(hashes[i], hashes[j]) > 16 for i, j in itertools.combinations(t, 2))), None)
+    assert trio is not None, "no 3 clear rows whose shot frames differ by more than 16 pHash bits"
+    rows = [candidates[i] for i in trio]
+    clip = tmp_path / "three-shots.mp4"
+    make_clip(clip, [r["image"] for r in rows], [2.0, 3.0, 2.5])
+    page.click("[data-mode=video]")
+    page.set_input_files("#video-file", str(clip))
+    _wait_results(page, 10)  # the whole clip's fused list stays where it was
+    expected = http.post("/search/video", files={"file": ("c.mp4", clip.read_bytes(), "video/mp4")},
+                         data={"k": "10", "fps": "1"}).json()["shots"]
+    assert len(expected) == 3
+    shown = page.eval_on_selector_all("#shots .shot", """ss => ss.map(s => ({
+        heading: s.querySelector('.shot-heading').textContent,
+        ids: [...s.querySelectorAll('.card')].map(c => c.dataset.productId)}))""")
+    assert page.is_visible("#shots") and page.is_visible("#results-heading") and len(shown) == 3
+    for n, (shot, answer, row) in enumerate(zip(shown, expected, rows), 1):
+        heading = re.fullmatch(r"Shot (\d+) · ([\d.]+)–([\d.]+) s", shot["heading"])
+        assert heading, shot["heading"]
+        assert int(heading[1]) == n
+        assert [float(heading[2]), float(heading[3])] == pytest.approx([answer["t_start"], answer["t_end"]], abs=0.051)
+        assert shot["ids"][0] == answer["results"][0]["product_id"] == row["product_id"]  # each shot: its product
+        assert len(shot["ids"]) == len(answer["results"])
+    assert page.inner_text("#status").endswith("· 3 shots")
+    page.hover("#shots .shot[data-shot='2'] .shot-heading")  # a shot's heading marks its kept frames
+    assert page.eval_on_selector_all("#frame-strip .frame.match", "fs => fs.map(f => Number(f.dataset.t))") == \
+        [f["t"] for f in expected[1]["frames"]]
+    page.screenshot(path=str(SHOTS / "video-shots.png"), full_page=True)
+
+
 def test_duplicates_mode_shows_match_percent_and_distance(page, sample_rows):
     row = sample_rows[20]
     page.click("[data-mode=duplicates]")
@@ -243,5 +284,104 @@ def test_modes_appear_only_when_the_service_has_their_endpoint(browser, service)
                                                route=("**/openapi.json", without_video_and_duplicates))
     visible = page.eval_on_selector_all("#modes [data-mode]", "ts => ts.filter(t => !t.hidden).map(t => t.dataset.mode)")
     assert visible == ["photo", "text"]
+    context.close()
+    _check_origin(service, requests, js_errors)
+
+
+def test_more_like_this_searches_by_the_clicked_product(page, http, sample_rows):
+    row = sample_rows[7]
+    page.set_input_files("#image-file", row["image"])
+    assert _wait_results(page, 10)[0]["id"] == row["product_id"]
+
+    def more_like_first_card() -> tuple[dict, list[dict]]:
+        with page.expect_request(lambda r: r.url.endswith("/search/similar") and r.method == "POST") as sent:
+            page.click("#results .card:first-child .more-like")
+        page.wait_for_function("document.querySelector('#results').dataset.mode === 'similar' && "
+                               "!document.body.classList.contains('loading')")
+        return sent.value.post_data_json, _cards(page)
+
+    body, cards = more_like_first_card()
+    assert body == {"positive": [row["product_id"]], "k": 10}
+    expected = http.post("/search/similar", json=body).json()
+    assert expected["positive"] == [row["product_id"]]
+    assert [c["id"] for c in cards] == [r["product_id"] for r in expected["results"]] and len(cards) == 10
+    assert row["product_id"] not in {c["id"] for c in cards}  # the product itself is left out
+    status = page.inner_text("#status")
+    assert status.startswith("More like ") and row["title"] in status and "10 results" in status
+    page.screenshot(path=str(SHOTS / "more-like-this.png"), full_page=True)
+
+    first, category = cards[0]["id"], cards[0]["category"]  # again from a result, with the current k and filters
+    page.fill("#k", "5")
+    page.select_option("#category", category)
+    body, cards = more_like_first_card()
+    assert body == {"positive": [first], "k": 5, "filters": {"category": category}}
+    expected = http.post("/search/similar", json=body).json()["results"]
+    assert [c["id"] for c in cards] == [r["product_id"] for r in expected]
+    assert first not in {c["id"] for c in cards} and {c["category"] for c in cards} <= {category}
+
+
+def test_drawn_region_is_sent_as_crop_and_clear_region_removes_it(page, http, sample_rows):
+    row = sample_rows[7]
+    # Chromium does not expose multipart bodies with files to Playwright: record the `crop` field the page sends.
+    page.evaluate("""() => { window.sentCrops = []; const original = window.fetch;
+        window.fetch = (url, options) => { if (options && options.body instanceof FormData)
+            window.sentCrops.push(options.body.get('crop')); return original(url, options); }; }""")
+    assert page.is_hidden("#crop-controls")  # no photo yet: nothing to draw on
+    page.set_input_files("#image-file", row["image"])
+    _wait_results(page, 10)
+    page.wait_for_selector("#crop-controls", state="visible")  # the preview has loaded: drawing is offered
+    assert page.evaluate("window.sentCrops") == [None] and page.is_hidden("#crop-clear")
+    box = page.locator("#image-preview").bounding_box()
+
+    def at(fx: float, fy: float) -> tuple[float, float]:
+        return box["x"] + fx * box["width"], box["y"] + fy * box["height"]
+
+    drawn = [0.2, 0.25, 0.7, 0.8]
+    page.mouse.move(*at(drawn[2], drawn[3]))  # from bottom right to top left: the page orders the corners
+    page.mouse.down()
+    page.mouse.move(*at(drawn[0], drawn[1]), steps=8)
+    page.mouse.up()
+    page.wait_for_function("window.sentCrops.length === 2")  # a region drawn is searched at once
+    sent = page.evaluate("window.sentCrops[1]")
+    crop = json.loads(sent)
+    assert len(crop) == 4 and all(0 <= c <= 1 for c in crop)
+    assert crop == pytest.approx(drawn, abs=0.05)
+    overlay = page.locator("#crop-box").bounding_box()  # the box is drawn where the pointer went
+    assert [overlay["x"], overlay["y"], overlay["x"] + overlay["width"], overlay["y"] + overlay["height"]] == \
+        pytest.approx([*at(crop[0], crop[1]), *at(crop[2], crop[3])], abs=3)
+    page.wait_for_function("!document.body.classList.contains('loading')")
+    with open(row["image"], "rb") as f:
+        expected = http.post("/search/image", files={"file": ("q.png", f, "image/png")},
+                             data={"k": "10", "crop": sent}).json()["results"]
+    assert [c["id"] for c in _cards(page)] == [r["product_id"] for r in expected]
+    page.screenshot(path=str(SHOTS / "crop.png"), full_page=True)
+
+    page.mouse.click(*at(0.5, 0.5))  # a click is no region: ignored, the box stays and nothing is searched
+    assert page.is_visible("#crop-box") and page.is_visible("#crop-clear")
+    page.click("#crop-clear")
+    page.wait_for_function("window.sentCrops.length === 3")
+    assert page.evaluate("window.sentCrops[2]") is None
+    assert page.is_hidden("#crop-box") and page.is_hidden("#crop-clear")
+    page.wait_for_function("document.querySelector('#results .card')?.innerText.includes('score 1.000')")
+
+
+def test_more_like_this_and_regions_appear_only_when_the_service_has_them(browser, service, sample_rows):
+    def without_similar_and_crop(route):
+        spec = route.fetch().json()  # the service's real answer, minus /search/similar and the `crop` field
+        spec["paths"].pop("/search/similar")
+        schema = spec["paths"]["/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+        if "$ref" in schema:
+            schema = spec["components"]["schemas"][schema["$ref"].split("/")[-1]]
+        schema["properties"].pop("crop")
+        route.fulfill(json=spec)
+
+    context, page, requests, js_errors = _open(browser, service, {"width": 800, "height": 700},
+                                               route=("**/openapi.json", without_similar_and_crop))
+    row = sample_rows[7]
+    page.set_input_files("#image-file", row["image"])
+    assert _wait_results(page, 10)[0]["id"] == row["product_id"]
+    page.wait_for_function("document.querySelector('#image-preview').complete")
+    assert page.query_selector("#results .more-like") is None
+    assert page.is_hidden("#crop-controls") and "croppable" not in page.get_attribute("#image-preview", "class")
     context.close()
     _check_origin(service, requests, js_errors)

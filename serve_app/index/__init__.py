@@ -47,6 +47,21 @@ def create_version(uri: str, info: IndexInfo, **options) -> VectorIndex:
     return _backend(uri).create_version(uri, info, **options)
 
 
+def unpublished_versions(uri: str, info: IndexInfo) -> list[str]:
+    """The versions of ``info``'s model that killed or failed runs left unpublished under the alias ``uri``,
+    oldest first (what ``ingest --resume`` continues).
+
+    Raises:
+        IndexOpenError: the backend cannot resume (OpenSearch: not yet).
+    """
+    if is_opensearch(uri):
+        raise IndexOpenError("--resume is supported for LanceDB indexes only (OpenSearch: run again; bulk "
+                             "indexing by product id makes a re-run idempotent)")
+    from serve_app.index.lancedb_backend import unpublished_versions as lancedb_unpublished
+
+    return lancedb_unpublished(uri, info)
+
+
 def lease(uri: str, run_id: str, ttl_s: float = DEFAULT_TTL_S, wait_s: float = DEFAULT_WAIT_S,
           poll_s: float = DEFAULT_POLL_S) -> AbstractContextManager[Lease]:
     """Hold the alias ``uri``'s ingestion lease for ``run_id`` inside a ``with`` block (released on exit, also on
@@ -69,4 +84,4 @@ def lease(uri: str, run_id: str, ttl_s: float = DEFAULT_TTL_S, wait_s: float = D
 
 
 __all__ = ["Hit", "IndexInfo", "IndexOpenError", "Lease", "LeaseHeld", "LeaseLost", "VectorIndex", "create_version",
-           "is_opensearch", "lease", "open_index", "product_table", "row_schema"]
+           "is_opensearch", "lease", "open_index", "product_table", "row_schema", "unpublished_versions"]

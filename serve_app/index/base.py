@@ -233,6 +233,15 @@ class VectorIndex(abc.ABC):
     def upsert(self, rows: pa.Table) -> int:
         """Insert or replace rows by ``product_id``; ``rows`` follows :func:`row_schema`. Returns rows written."""
 
+    def append(self, rows: pa.Table) -> int:
+        r"""Add rows whose ``product_id``\s are not stored yet (bulk loading a new version); safe to call from
+        several writer tasks at once. Default: :meth:`upsert` (OpenSearch's bulk index by id already is)."""
+        return self.upsert(rows)
+
+    def product_ids(self) -> list[str]:
+        """Every stored ``product_id`` (what a resumed ingestion skips)."""
+        return self.all_vectors()[0]
+
     @abc.abstractmethod
     def count(self) -> int:
         """Number of products stored."""

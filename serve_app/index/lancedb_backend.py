@@ -157,17 +157,31 @@ class LanceDBIndex(VectorIndex):
         """The alias state: ``current`` version name and every version's model id and dimension."""
         return self._read_state()
 
+    def _stored_rows(self, rows: pa.Table) -> pa.Table:
+        rows = rows.select(row_schema(self.info.dim).names).cast(row_schema(self.info.dim))
+        bits = pack_bits(rows.column("phash").to_numpy(zero_copy_only=False))
+        return rows.append_column(stored_schema(self.info.dim).field("phash_bits"),
+                                  pa.FixedSizeListArray.from_arrays(pa.array(bits.ravel(), pa.uint8()), 8))
+
     def upsert(self, rows: pa.Table) -> int:
         if rows.num_rows == 0:
             return 0
-        rows = rows.select(row_schema(self.info.dim).names).cast(row_schema(self.info.dim))
-        bits = pack_bits(rows.column("phash").to_numpy(zero_copy_only=False))
-        rows = rows.append_column(stored_schema(self.info.dim).field("phash_bits"),
-                                  pa.FixedSizeListArray.from_arrays(pa.array(bits.ravel(), pa.uint8()), 8))
         (self._table.merge_insert("product_id").when_matched_update_all().when_not_matched_insert_all()
-         .execute(rows))
+         .execute(self._stored_rows(rows)))
         self._snapshot = None
         return rows.num_rows
+
+    def append(self, rows: pa.Table) -> int:
+        """One Lance append commit: new fragments added to the table, which Lance's optimistic concurrency
+        commits beside other writers' appends without conflict (it retries on a newer table version)."""
+        if rows.num_rows == 0:
+            return 0
+        self._table.add(self._stored_rows(rows))
+        self._snapshot = None
+        return rows.num_rows
+
+    def product_ids(self) -> list[str]:
+        return self._scan(["product_id"]).column("product_id").to_pylist()
 
     def count(self) -> int:
         return self._table.count_rows()
@@ -357,6 +371,15 @@ def _read_state(uri: str) -> dict:
 def _write_state(uri: str, state: dict) -> None:
     """Rewrite the alias file in one atomic write (see :func:`serve_app.storage.write_bytes`)."""
     storage.write_bytes(_state_uri(uri), json.dumps(state, indent=2).encode())
+
+
+def unpublished_versions(uri: str, info: IndexInfo) -> list[str]:
+    """Versions of ``info``'s model recorded in the alias file and newer than the current one (left by runs that
+    were killed or failed before publishing), oldest first."""
+    state = _read_state(uri)
+    current = version_of(TABLE, state["current"], info.model_id) if state["current"] else None
+    mine = [(version_of(TABLE, name, info.model_id), name) for name in own_versions(state)]
+    return [name for n, name in sorted(m for m in mine if m[0] is not None) if current is None or n > current]
 
 
 def own_versions(state: dict) -> list[str]:

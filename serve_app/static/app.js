@@ -2,7 +2,9 @@
 //
 // Modes appear only when the service has their endpoint (read from /openapi.json): photo (/search/image),
 // text (/search/text), video (/search/video) and duplicates (/find_similar). Filters come from /facets;
-// the soft text filter appears only when /search/image (or /search/video) accepts a `text` field.
+// the soft text filter appears only when /search/image (or /search/video) accepts a `text` field. Result cards
+// get "More like this" when the service has /search/similar; a region drawn on the photo preview is sent as
+// `crop` when /search/image takes it. A video with several shots also shows each shot's own results.
 "use strict";
 
 const MODES = {
@@ -11,7 +13,9 @@ const MODES = {
   video: { path: "/search/video", method: "post" },
   duplicates: { path: "/find_similar", method: "post" },
 };
+const SIMILAR = { path: "/search/similar", method: "post" }; // "More like this" on every card
 const THUMB_SIZE = 256;
+const MIN_CROP = 0.02; // a drawn region narrower or shorter than this fraction of the photo is ignored
 const FACET_FIELDS = ["category", "brand"]; // /facets value lists, each a <select id=FIELD> in #FIELD-field
 
 const $ = (id) => document.getElementById(id);
@@ -20,6 +24,9 @@ const state = {
   modes: [],          // available modes, in tab order
   soft: new Set(),    // modes whose endpoint takes `text` + `text_weight`
   frameThumbs: false, // /search/video takes `frame_thumbnails`
+  similar: false,     // the service has POST /search/similar
+  cropField: false,   // /search/image takes `crop`
+  crop: null,         // [x0, y0, x1, y1] fractions of the previewed photo, or null for all of it
   imageFile: null,    // File chosen, dropped or pasted for photo/duplicates
   previewUrl: null,
   videoFile: null,
@@ -87,6 +94,8 @@ async function loadCapabilities() {
     if (state.modes.includes(mode) && "text" in formProperties(spec, MODES[mode].path)) state.soft.add(mode);
   }
   state.frameThumbs = "frame_thumbnails" in formProperties(spec, MODES.video.path);
+  state.similar = Boolean(paths[SIMILAR.path] && paths[SIMILAR.path][SIMILAR.method]);
+  state.cropField = state.modes.includes("photo") && "crop" in formProperties(spec, MODES.photo.path);
   for (const tab of document.querySelectorAll("#modes [data-mode]")) {
     tab.hidden = !state.modes.includes(tab.dataset.mode);
     tab.addEventListener("click", () => setMode(tab.dataset.mode));
@@ -156,6 +165,7 @@ function setMode(mode) {
     panel.hidden = !visible;
   }
   if (history.replaceState) history.replaceState(null, "", `#${mode}`);
+  updateCrop();
   clearResults();
   hideError();
   setStatus("");
@@ -167,9 +177,11 @@ function setImageFile(file) {
   state.imageFile = file;
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = URL.createObjectURL(file);
+  state.crop = null; // a region of the previous photo means nothing for this one
   const preview = $("image-preview");
   preview.src = state.previewUrl;
   preview.hidden = false;
+  updateCrop();
   $("image-name").textContent = `${file.name || "pasted image"} · ${formatBytes(file.size)}`;
   $("image-url").value = "";
   if (state.mode !== "photo" && state.mode !== "duplicates") setMode(state.modes.includes("photo") ? "photo" : "duplicates");
@@ -231,14 +243,21 @@ function wireInputs() {
       }
     }
   });
-  $("image-preview").addEventListener("error", () => { $("image-preview").hidden = true; }); // not decodable here
+  $("image-preview").addEventListener("error", () => { // not decodable here
+    $("image-preview").hidden = true;
+    updateCrop();
+  });
+  $("image-preview").addEventListener("load", updateCrop);
   $("image-url").addEventListener("input", () => {
     if ($("image-url").value.trim()) {
       state.imageFile = null;
+      state.crop = null;
       $("image-preview").hidden = true; // never load a third-party URL in the page
       $("image-name").textContent = "";
+      updateCrop();
     }
   });
+  wireCrop();
   $("soft-weight").addEventListener("input", () => {
     $("soft-weight-value").textContent = Number($("soft-weight").value).toFixed(2);
   });
@@ -246,6 +265,93 @@ function wireInputs() {
     e.preventDefault();
     search();
   });
+}
+
+// ---------- region (crop) drawn on the photo preview ----------
+
+const clamp01 = (v) => Math.min(1, Math.max(0, v));
+const round4 = (v) => Math.round(v * 10000) / 10000;
+
+// Drawing is offered in photo mode, for an uploaded photo the page shows, when /search/image takes `crop`.
+function cropEnabled() {
+  const preview = $("image-preview");
+  return state.cropField && state.mode === "photo" && state.imageFile !== null && !preview.hidden &&
+    preview.complete && preview.naturalWidth > 0;
+}
+
+// The preview shows the photo after EXIF orientation, scaled without distortion, so fractions of its displayed
+// box are fractions of the oriented photo's natural width and height (what the service's `crop` means).
+function pointerFraction(e) {
+  const rect = $("image-preview").getBoundingClientRect();
+  return [clamp01((e.clientX - rect.left) / rect.width), clamp01((e.clientY - rect.top) / rect.height)];
+}
+
+function boxBetween([ax, ay], [bx, by]) {
+  return [Math.min(ax, bx), Math.min(ay, by), Math.max(ax, bx), Math.max(ay, by)].map(round4);
+}
+
+const isTiny = ([x0, y0, x1, y1]) => x1 - x0 < MIN_CROP || y1 - y0 < MIN_CROP;
+
+function placeCropBox(crop) {
+  const box = $("crop-box");
+  if (!crop || !cropEnabled()) {
+    box.hidden = true;
+    return;
+  }
+  const preview = $("image-preview"); // the box and the photo share #preview-wrap as offset parent
+  const [x0, y0, x1, y1] = crop;
+  box.style.left = `${preview.offsetLeft + x0 * preview.clientWidth}px`;
+  box.style.top = `${preview.offsetTop + y0 * preview.clientHeight}px`;
+  box.style.width = `${(x1 - x0) * preview.clientWidth}px`;
+  box.style.height = `${(y1 - y0) * preview.clientHeight}px`;
+  box.hidden = false;
+}
+
+function updateCrop() {
+  const enabled = cropEnabled();
+  $("image-preview").classList.toggle("croppable", enabled);
+  $("crop-controls").hidden = !enabled;
+  $("crop-clear").hidden = !enabled || !state.crop;
+  placeCropBox(state.crop);
+}
+
+function wireCrop() {
+  const preview = $("image-preview");
+  let drag = null; // {id, start, previous} while a pointer draws
+  preview.addEventListener("dragstart", (e) => e.preventDefault()); // no native image drag while drawing
+  preview.addEventListener("pointerdown", (e) => {
+    if (!cropEnabled() || e.button !== 0 || drag) return;
+    e.preventDefault();
+    preview.setPointerCapture(e.pointerId);
+    const start = pointerFraction(e);
+    drag = { id: e.pointerId, start, previous: state.crop };
+    placeCropBox(boxBetween(start, start));
+  });
+  preview.addEventListener("pointermove", (e) => {
+    if (drag && e.pointerId === drag.id) placeCropBox(boxBetween(drag.start, pointerFraction(e)));
+  });
+  const finish = (e, cancelled) => {
+    if (!drag || e.pointerId !== drag.id) return;
+    const box = boxBetween(drag.start, pointerFraction(e));
+    const previous = drag.previous;
+    drag = null;
+    if (cancelled || isTiny(box)) { // a click or a slip: keep the region there was
+      state.crop = previous;
+      updateCrop();
+      return;
+    }
+    state.crop = box;
+    updateCrop();
+    search();
+  };
+  preview.addEventListener("pointerup", (e) => finish(e, false));
+  preview.addEventListener("pointercancel", (e) => finish(e, true));
+  $("crop-clear").addEventListener("click", () => {
+    state.crop = null;
+    updateCrop();
+    search();
+  });
+  window.addEventListener("resize", () => placeCropBox(state.crop));
 }
 
 // ---------- building requests ----------
@@ -315,52 +421,80 @@ function buildRequest(mode) {
     form.append("file", state.imageFile, state.imageFile.name || "pasted.png");
     return [MODES.duplicates.path, { method: "POST", body: form }];
   }
-  if (state.imageFile) form.append("file", state.imageFile, state.imageFile.name || "pasted.png");
-  else form.append("image_url", url);
+  if (state.imageFile) {
+    form.append("file", state.imageFile, state.imageFile.name || "pasted.png");
+    if (state.crop && state.cropField) form.append("crop", JSON.stringify(state.crop));
+  } else {
+    form.append("image_url", url); // the page never shows a URL's photo, so no region of it is drawn
+  }
   addCommonFields(form, mode);
   return [MODES.photo.path, { method: "POST", body: form }];
 }
 
 // ---------- searching ----------
 
-async function search() {
-  const mode = state.mode;
+function setBusy(busy) {
+  document.body.classList.toggle("loading", busy);
+  if (busy) $("results").setAttribute("aria-busy", "true");
+  else $("results").removeAttribute("aria-busy");
+  $("search-button").disabled = busy;
+}
+
+// One search at a time: `makeRequest()` → [path, fetch options]; the answer is drawn as `mode` (a search mode,
+// or "similar"), and the status line reads `${label}N results in T ms`.
+async function runSearch(mode, makeRequest, pending, label = "") {
   const seq = ++state.seq;
   if (state.controller) state.controller.abort();
   hideError();
   let request;
   try {
-    request = buildRequest(mode);
+    request = makeRequest();
   } catch (e) {
+    setBusy(false); // the search it replaced was aborted
     showError(e.message);
     return;
   }
   const controller = new AbortController();
   state.controller = controller;
-  document.body.classList.add("loading");
-  $("results").setAttribute("aria-busy", "true");
-  $("search-button").disabled = true;
-  setStatus(mode === "video" ? "Decoding the clip and searching…" : "Searching…");
+  setBusy(true);
+  setStatus(pending);
   const started = performance.now();
   try {
     const body = await api(request[0], { ...request[1], signal: controller.signal });
     if (seq !== state.seq) return;
-    render(mode, body);
+    const shots = render(mode, body);
     const ms = Math.round(performance.now() - started);
     const n = body.results.length;
-    setStatus(`${n} result${n === 1 ? "" : "s"} in ${ms} ms`);
+    setStatus(`${label}${n} result${n === 1 ? "" : "s"} in ${ms} ms${shots > 1 ? ` · ${shots} shots` : ""}`);
   } catch (e) {
     if (e.name === "AbortError" || seq !== state.seq) return;
     clearResults();
     setStatus("");
     showError(e.message, e.code);
   } finally {
-    if (seq === state.seq) {
-      document.body.classList.remove("loading");
-      $("results").removeAttribute("aria-busy");
-      $("search-button").disabled = false;
-    }
+    if (seq === state.seq) setBusy(false);
   }
+}
+
+function search() {
+  const mode = state.mode;
+  return runSearch(mode, () => buildRequest(mode),
+    mode === "video" ? "Decoding the clip and searching…" : "Searching…");
+}
+
+// "More like this": products like `result` by its stored image embedding, with the current k and filters.
+function searchSimilar(result) {
+  const name = result.title || result.product_id;
+  return runSearch("similar", () => {
+    const query = { positive: [result.product_id], k: readK() };
+    const filters = $("filters").hidden ? null : currentFilters(); // e.g. duplicates mode has no filters
+    if (filters) query.filters = filters;
+    return [SIMILAR.path, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(query),
+    }];
+  }, `Looking for more like “${name}”…`, `More like “${name}”: `);
 }
 
 // ---------- rendering ----------
@@ -374,6 +508,7 @@ function el(tag, className, text) {
 
 const fmtScore = (s) => (typeof s === "number" ? s.toFixed(3) : "–");
 const fmtTime = (t) => `${Number(t).toFixed(1)} s`;
+const fmtSpan = (a, b) => `${Number(a).toFixed(1)}–${Number(b).toFixed(1)} s`;
 const fmtPercent = (p) => `${Number.isInteger(p) ? p : p.toFixed(1)} %`;
 
 function formatBytes(n) {
@@ -423,20 +558,31 @@ function card(result, mode) {
       frames.append(chip);
     }
     body.append(frames);
-    const highlight = (on) => {
-      const times = new Set(result.frames.map((f) => String(f.t)));
-      for (const fr of document.querySelectorAll("#frame-strip .frame")) {
-        fr.classList.toggle("match", on && times.has(fr.dataset.t));
-      }
-    };
     li.tabIndex = 0;
-    li.addEventListener("mouseenter", () => highlight(true));
-    li.addEventListener("mouseleave", () => highlight(false));
-    li.addEventListener("focus", () => highlight(true));
-    li.addEventListener("blur", () => highlight(false));
+    highlightOnHover(li, result.frames);
+  }
+  if (state.similar) {
+    const more = el("button", "more-like", "More like this");
+    more.type = "button";
+    more.addEventListener("click", () => searchSimilar(result));
+    body.append(more);
   }
   li.append(body);
   return li;
+}
+
+// Hovering or focusing `node` marks the frames at `frames[i].t` in the frame strip.
+function highlightOnHover(node, frames) {
+  const times = new Set(frames.map((f) => String(f.t)));
+  const highlight = (on) => {
+    for (const fr of document.querySelectorAll("#frame-strip .frame")) {
+      fr.classList.toggle("match", on && times.has(fr.dataset.t));
+    }
+  };
+  node.addEventListener("mouseenter", () => highlight(true));
+  node.addEventListener("mouseleave", () => highlight(false));
+  node.addEventListener("focus", () => highlight(true));
+  node.addEventListener("blur", () => highlight(false));
 }
 
 function renderFrames(body) {
@@ -459,6 +605,34 @@ function renderFrames(body) {
   $("frames").hidden = false;
 }
 
+// A clip of several shots: after the whole clip's fused list, each shot's own ranking under its own heading.
+// Returns the number of shots shown (0 for a single shot: the fused list is that shot's).
+function renderShots(shots) {
+  if (!Array.isArray(shots) || shots.length < 2) return 0;
+  const holder = $("shot-list");
+  shots.forEach((shot, i) => {
+    const section = el("section", "shot");
+    section.dataset.shot = String(i + 1);
+    section.dataset.tStart = shot.t_start;
+    section.dataset.tEnd = shot.t_end;
+    const heading = el("h3", "shot-heading", `Shot ${i + 1} · ${fmtSpan(shot.t_start, shot.t_end)}`);
+    heading.tabIndex = 0;
+    highlightOnHover(heading, shot.frames || []);
+    const n = (shot.frames || []).length;
+    const header = el("div", "shot-header");
+    header.append(heading, el("span", "muted small", `${n} kept frame${n === 1 ? "" : "s"}`));
+    const list = el("ol", "results shot-results");
+    list.setAttribute("aria-label", `Results for shot ${i + 1}`);
+    if (!(shot.results || []).length) list.append(el("li", "empty muted", "No results for this shot."));
+    for (const result of shot.results || []) list.append(card(result, "video"));
+    section.append(header, list);
+    holder.append(section);
+  });
+  $("results-heading").hidden = false;
+  $("shots").hidden = false;
+  return shots.length;
+}
+
 function render(mode, body) {
   clearResults();
   if (mode === "video") renderFrames(body);
@@ -468,15 +642,18 @@ function render(mode, body) {
     list.append(el("li", "empty muted", mode === "duplicates"
       ? "No near-duplicates within the distance threshold."
       : "No results: loosen the filters or try another query."));
-    return;
   }
   for (const result of body.results) list.append(card(result, mode));
+  return mode === "video" ? renderShots(body.shots) : 0;
 }
 
 function clearResults() {
   $("results").replaceChildren();
   $("frame-strip").replaceChildren();
   $("frames").hidden = true;
+  $("shot-list").replaceChildren();
+  $("shots").hidden = true;
+  $("results-heading").hidden = true;
 }
 
 function setStatus(text) {

@@ -1,0 +1,235 @@
+"""The catalog manifest as a Ray Data dataset: shards listed on the driver, read, parsed and validated in the
+workers, duplicate ``product_id``\\s found across shards with a Ray Data group-by.
+
+``--catalog`` names one file, a folder, a glob or an ``s3://`` prefix of JSON Lines (``.jsonl``/``.ndjson``/
+``.json``), CSV (``.csv``) or Parquet (``.parquet``) shards, mixed freely. The driver only lists the shard
+names. One Ray task per shard reads it (:mod:`serve_app.storage`: local, ``s3://``, ``http(s)://``) and yields
+blocks of :data:`ROWS_PER_BLOCK` validated rows; every row keeps its ``shard`` and 1-based ``line`` (the data row
+of a Parquet shard), and a row that fails validation keeps its ``error``: it is a bad row of the report, never
+an exception. Ray Data's own JSON and CSV readers are not used for this step because they fail a whole file on
+its first malformed line; ours makes that line a bad row.
+
+Duplicates: a later row updates an earlier one (shards in sorted order, then lines), as in one file.
+:func:`duplicate_winners` groups the ``product_id`` column across all shards (``Dataset.groupby``: a
+distributed hash shuffle, so the driver receives only the ids that occur more than once) and
+:func:`mark_duplicates` turns every row but the last of each such id into a bad row.
+"""
+
+import io
+import json
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from serve_app import storage
+from serve_app.catalog import ManifestError, to_product
+
+SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+# Rows per block out of the parse step. Ingestion streams at block granularity (a load task decodes a whole
+# block before the CLIP actors see any of it), so its blocks are small: 128 rows keep every stage busy from the
+# first seconds. A dry run only counts, so it takes 8,192 (a 1M-row catalog is 123 blocks, not 7,800).
+ROWS_PER_BLOCK = 128
+VALIDATE_ROWS_PER_BLOCK = 8192
+MAX_SHARD_BYTES = 2 * 1024**3  # one shard is read whole by one task
+LINE_BITS = 40  # order = shard index << LINE_BITS | line: one sortable int64 per row
+
+ROW_SCHEMA = pa.schema([("product_id", pa.string()), ("title", pa.string()), ("image", pa.string()),
+                        ("category", pa.string()), ("price", pa.float64()), ("brand", pa.string()),
+                        ("attributes", pa.string()), ("shard", pa.string()), ("line", pa.int64()),
+                        ("order", pa.int64()), ("error", pa.string())])
+
+
+def shard_format(uri: str) -> str:
+    """``"jsonl"``, ``"csv"`` or ``"parquet"`` from a shard's extension.
+
+    Raises:
+        ManifestError: any other extension.
+    """
+    lower = uri.lower().split("?")[0]
+    for suffix, fmt in SHARD_SUFFIXES.items():
+        if lower.endswith(suffix):
+            return fmt
+    raise ManifestError(f"unknown manifest format for {uri!r}: expected {', '.join(SHARD_SUFFIXES)}")
+
+
+def list_shards(catalog: str) -> list[str]:
+    """The shards ``catalog`` names (a file, folder, glob or ``s3://`` prefix), sorted.
+
+    Raises:
+        ManifestError: nothing matches, a listing fails, or a named file has an unknown extension.
+    """
+    try:
+        shards = storage.list_objects(catalog, tuple(SHARD_SUFFIXES))
+    except storage.StorageError as e:
+        raise ManifestError(f"cannot read catalog manifest {catalog}: {e}") from e
+    for shard in shards:
+        shard_format(shard)
+    return shards
+
+
+def _raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict | str]]:
+    """``(line, raw row dict or error message)`` for each row of one shard's bytes."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(data))
+        for number, row in enumerate(table.to_pylist(), start=1):
+            yield number, {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and
+                                                                                 math.isnan(v))}
+        return
+    text = data.decode("utf-8-sig")
+    if fmt == "csv":
+        import csv
+
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise ManifestError("CSV shard has no header row")
+        for row in reader:
+            yield reader.line_num, {k: v for k, v in row.items() if k is not None and v not in ("", None)}
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield number, f"invalid JSON: {e.msg} at column {e.colno}"
+            continue
+        yield number, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+
+
+def _text(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+class _Rows:
+    """Columns of :data:`ROW_SCHEMA` rows of one shard, filled row by row, emptied into a table."""
+
+    def __init__(self, uri: str, index: int):
+        self.uri, self.index = uri, index
+        self.columns: dict[str, list] = {name: [] for name in ROW_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self.columns["line"])
+
+    def add(self, line: int, product: dict | None, raw: dict | None, error: str | None) -> None:
+        values = product or {k: _text(raw.get(k)) if raw else None for k in ("product_id", "image")}
+        for name in ("product_id", "title", "image", "category", "price", "brand", "attributes"):
+            self.columns[name].append(values.get(name))
+        self.columns["shard"].append(self.uri)
+        self.columns["line"].append(line)
+        self.columns["order"].append(self.index << LINE_BITS | line)
+        self.columns["error"].append(error)
+
+    def take(self) -> pa.Table:
+        table = pa.Table.from_pydict(self.columns, schema=ROW_SCHEMA)
+        self.columns = {name: [] for name in ROW_SCHEMA.names}
+        return table
+
+
+def parse_shard(batch: dict[str, np.ndarray], rows_per_block: int = ROWS_PER_BLOCK) -> Iterator[pa.Table]:
+    """Ray Data ``map_batches`` function (``batch_size=1`` over the shard list): read one shard and yield its
+    rows in :data:`ROW_SCHEMA` tables of up to ``rows_per_block`` rows, each valid or with its ``error``.
+
+    Args:
+        batch: ``{"shard": [uri], "index": [shard number]}``.
+    """
+    for uri, index in zip(batch["shard"], batch["index"]):
+        rows = _Rows(str(uri), int(index))
+        try:
+            data = storage.read_bytes(rows.uri, max_bytes=MAX_SHARD_BYTES, timeout_s=60)
+            for line, raw in _raw_rows(data, shard_format(rows.uri)):
+                if isinstance(raw, str):
+                    rows.add(line, None, None, raw)
+                else:
+                    try:
+                        p = to_product(raw, rows.uri)
+                        rows.add(line, {"product_id": p.product_id, "title": p.title, "image": p.image,
+                                        "category": p.category, "price": p.price, "brand": p.brand,
+                                        "attributes": json.dumps(p.attributes, sort_keys=True)}, None, None)
+                    except ValueError as e:
+                        rows.add(line, None, raw, str(e))
+                if len(rows) >= rows_per_block:
+                    yield rows.take()
+        except (storage.StorageError, ManifestError, UnicodeDecodeError, pa.ArrowException, OSError) as e:
+            rows.add(0, None, None, f"cannot read shard: {type(e).__name__}: {e}")  # the whole shard: one bad row
+        if len(rows):
+            yield rows.take()
+
+
+def read_catalog(catalog: str, num_cpus: float = 0.25, rows_per_block: int = ROWS_PER_BLOCK, **ray_remote_args):
+    """The validated manifest as a Ray Data dataset of :data:`ROW_SCHEMA` rows (good and bad), lazily, in blocks of
+    up to ``rows_per_block`` rows (``ray_remote_args``: e.g. the runtime_env that points workers at S3).
+
+    Raises:
+        ManifestError: ``catalog`` names no shard (see :func:`list_shards`).
+    """
+    import ray
+
+    shards = list_shards(catalog)
+    listing = ray.data.from_items([{"shard": s, "index": i} for i, s in enumerate(shards)],
+                                  override_num_blocks=len(shards))
+    parsed = listing.map_batches(parse_shard, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
+                                 fn_kwargs={"rows_per_block": rows_per_block}, **ray_remote_args)
+    # A task's outputs are merged into blocks of up to 128 MiB: split them again (a streaming split, no shuffle).
+    return parsed.repartition(target_num_rows_per_block=rows_per_block)
+
+
+def valid_rows(batch: pa.Table) -> pa.Table:
+    """Ray Data ``map_batches`` function (``batch_format="pyarrow"``): the rows without an ``error``."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_null(batch.column("error")))
+
+
+def bad_rows(batch: pa.Table) -> pa.Table:
+    """Ray Data ``map_batches`` function (``batch_format="pyarrow"``): the rows with an ``error``."""
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.is_valid(batch.column("error")))
+
+
+def _repeated(batch: pa.Table) -> pa.Table:
+    import pyarrow.compute as pc
+
+    return batch.filter(pc.greater(batch.column("count()"), 1))
+
+
+def duplicate_winners(ds, partitions: int = 2) -> dict[str, int]:
+    """``product_id`` → ``order`` of its last row, for the valid ids that occur more than once (only those
+    reach the driver: a distributed group-by into ``partitions`` hash partitions — Ray's default of 200 costs
+    ~15 s of task overhead on 2 cores even for a small catalog)."""
+    from ray.data.aggregate import Count, Max
+
+    valid = ds.map_batches(valid_rows, batch_size=None, batch_format="pyarrow", num_cpus=0.1)
+    grouped = valid.select_columns(["product_id", "order"]).groupby("product_id", num_partitions=partitions).aggregate(
+        Count(), Max("order"))
+    repeated = grouped.map_batches(_repeated, batch_size=None, batch_format="pyarrow", num_cpus=0.1)
+    return {r["product_id"]: int(r["max(order)"]) for r in repeated.iter_rows()}
+
+
+def mark_duplicates(batch: pa.Table, winners: dict[str, int], shards: list[str]) -> pa.Table:
+    """Ray Data ``map_batches`` function (``batch_format="pyarrow"``): rows of a repeated ``product_id`` other
+    than its last one get ``error`` naming the row that replaces them (``shards``: the shard list, in order)."""
+    if not winners:
+        return batch
+    ids, orders, errors = (batch.column(c).to_pylist() for c in ("product_id", "order", "error"))
+    changed = False
+    for i, (pid, order, error) in enumerate(zip(ids, orders, errors)):
+        if error is None and pid in winners and winners[pid] != order:
+            winner = winners[pid]
+            errors[i] = (f"duplicate product_id; {shards[winner >> LINE_BITS]} line "
+                         f"{winner & ((1 << LINE_BITS) - 1)} replaces it")
+            changed = True
+    if not changed:
+        return batch
+    return batch.set_column(batch.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
+
+
+def bad_row(row: dict) -> dict:
+    """A report entry for a bad row: shard, line, product id, image, reason."""
+    return {"shard": row["shard"], "line": int(row["line"]), "product_id": row.get("product_id"),
+            "image": row.get("image"), "reason": row["error"]}
