@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.slow  # several real ingestions and CLI runs (about 3 minutes)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("product_id", "title", "image", "category", "price")
 

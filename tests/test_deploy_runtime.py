@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
+
+pytestmark = pytest.mark.slow  # serve run of the full local graph, autoscaling under load: minutes of multi-process work
 
 ROOT = Path(__file__).resolve().parent.parent
 # Handles and replicas push autoscaling metrics every 10 s (Ray 2.60 RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S),

@@ -1,8 +1,8 @@
 """Fault injection and load against the real Ray Serve app (the session's ``service``): hostile uploads over HTTP,
 chunked and slow-drip bodies, SIGKILL of each deployment's replica under 8 clients, 64 clients on 2 cores.
 
-Each test prints its figures (``pytest -s`` shows them). The kill and overload tests are ``slow`` (the fast lane,
-``pytest -m "not slow"``, leaves them out); they leave the service healthy for the tests after them.
+Each test prints its figures (``pytest -s`` shows them). All are ``slow`` (the fast lane, ``pytest -m "not slow"``,
+leaves them out); they leave the service healthy for the tests after them.
 """
 
 import json
@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 
 from tests.hostile_media import ACCEPT, REJECT, make_corpus
+
+pytestmark = pytest.mark.slow  # fault injection and load: the full suite's, not the fast lane's
 
 HOSTILE_BUDGET_S = 2.0  # every hostile upload is answered within this, seconds
 
@@ -240,7 +242,6 @@ def photo(sample_rows) -> bytes:
     return Path(sample_rows[3]["image"]).read_bytes()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("deployment", ["Encoder", "Retriever", "Ingress"])
 def test_sigkill_of_a_replica_under_8_clients(service, photo, deployment):
     """Every failed request is a 503 JSON error and fewer than 1 % fail (Encoder, Retriever); after an Ingress
@@ -266,7 +267,6 @@ def test_sigkill_of_a_replica_under_8_clients(service, photo, deployment):
         assert len(failed) < 0.01 * len(load.records), summary
 
 
-@pytest.mark.slow
 def test_64_clients_get_200_or_503_and_accepted_p99_stays_within_3x_of_8_clients(service, photo):
     _healthy(service)
     with Load(service, 8, photo) as base:
@@ -284,7 +284,6 @@ def test_64_clients_get_200_or_503_and_accepted_p99_stays_within_3x_of_8_clients
     assert _healthy(service) < 10
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("wait_s", [0.0, 300.0])
 def test_two_ingestions_started_together_into_one_alias(ray_session, catalog, tiny_model, tmp_path, wait_s):
     """One runs; the other refuses at once naming the holder (``lease_wait_s=0``) or waits and then runs. The

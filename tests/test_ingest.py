@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import BAD_ROWS
 
@@ -56,6 +57,7 @@ def test_embeddings_parquet_is_written_for_every_indexed_product(ingested, sampl
     assert table.schema.field("vector").type.list_size == embedder.dim
 
 
+@pytest.mark.slow
 def test_reingesting_the_same_catalog_is_idempotent(ingested, catalog, served_model, tmp_path):
     from batch_jobs.pipeline import IngestOptions, ingest
     from serve_app.index import open_index
@@ -70,6 +72,7 @@ def test_reingesting_the_same_catalog_is_idempotent(ingested, catalog, served_mo
     assert second.skipped == first.skipped
 
 
+@pytest.mark.slow
 def test_catalog_update_replaces_a_product_by_id(ray_session, tiny_model, tmp_path, sample_rows):
     from batch_jobs.pipeline import IngestOptions, ingest
     from serve_app.index import open_index

@@ -84,6 +84,7 @@ def planted(ray_session, tiny_model, sample_rows, tmp_path_factory):
     return index, rows, report
 
 
+@pytest.mark.slow
 def test_dedup_report_finds_the_planted_clusters(planted, tmp_path):
     from batch_jobs.dedup_report import dedup_report, write_report
 

@@ -31,6 +31,7 @@ def _images(sample_rows, n=64):
     return photos + noise
 
 
+@pytest.mark.slow
 def test_onnx_float32_matches_torch_float32_on_64_images_and_64_texts(onnx_model, sample_rows):
     torch_embedder, onnx_embedder = load_clip(onnx_model), load_embedder(onnx_model, runtime="onnx")
     assert onnx_embedder.runtime == "onnx" and onnx_embedder.dim == torch_embedder.dim

@@ -9,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from serve_app import storage
 from tests.test_storage_config import s3  # noqa: F401 - the moto fixture
+
+pytestmark = pytest.mark.slow  # a real ingestion against moto's S3 server
 
 
 def test_ingest_from_s3_manifest_into_an_index_on_s3(s3, ray_session, tiny_model, sample_rows):  # noqa: F811

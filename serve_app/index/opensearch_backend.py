@@ -14,6 +14,7 @@ Request bodies are built in :mod:`serve_app.index.opensearch_bodies`; ``score`` 
 equals the LanceDB backend's for the same data.
 """
 
+import asyncio
 import logging
 import os
 import time
@@ -279,9 +280,12 @@ class OpenSearchIndex(VectorIndex):
         return [_hits(_ok(r)) for r in answer["responses"]]
 
     async def asearch(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
-        """:meth:`search` through ``AsyncOpenSearch`` (created on first use, in the caller's event loop)."""
+        """:meth:`search` through ``AsyncOpenSearch`` (created on first use, in the caller's event loop); follows a
+        newly published version as :meth:`search` does (the alias look-up, when due, in a worker thread)."""
         from opensearchpy import AsyncOpenSearch
 
+        if self._follow_alias and time.monotonic() - self._checked_at > READ_CONSISTENCY_S:
+            await asyncio.to_thread(self._refresh_alias)
         vectors = check_query_vectors(vectors, self.info)
         if len(vectors) == 0:
             return []
