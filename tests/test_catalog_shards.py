@@ -121,33 +121,34 @@ def test_too_many_bad_rows_do_not_publish_and_the_alias_stays(ray_session, sampl
 
 @pytest.mark.slow
 def test_kill_9_half_way_then_resume_gives_the_full_count_each_image_embedded_once(ray_session, sample_rows,
-                                                                                   served_model, tmp_path):
-    """A run is killed once its unpublished version holds its first append (256 of 600 rows, ~40 %); ``--resume`` continues that
+                                                                                   tiny_model, tmp_path):
+    """A run is killed once its unpublished version holds its first appends (>= 256 of 1,000 rows); ``--resume`` continues that
     version, embeds only the rest (its report says how many it found), and publishes the full catalog."""
     import lancedb
 
     from serve_app.index import open_index
 
     rows = [{"product_id": f"{r['product_id']}-{i}", "title": r["title"], "image": r["image"]}
-            for i in range(10) for r in sample_rows][:600]  # the sink appends every 256 rows: 3 appends
+            for i in range(20) for r in sample_rows][:1000]  # appended 128-row block by block
     catalog = tmp_path / "catalog.jsonl"
     catalog.write_text("".join(json.dumps(r) + "\n" for r in rows))
     index = tmp_path / "index"
     env = os.environ | {"RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     command = [sys.executable, "-m", "batch_jobs", "ingest", "--catalog", str(catalog), "--index", str(index),
-               "--model", served_model, "--batch-size", "4", "--lease-ttl-s", "6", "--write-concurrency", "1"]
+               "--model", tiny_model, "--batch-size", "8", "--lease-ttl-s", "6", "--write-concurrency", "1"]
     run = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     written, deadline = 0, time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
-        time.sleep(0.5)
+        time.sleep(0.2)
         try:
             tables = [t for t in lancedb.connect(str(index)).table_names() if t.startswith("products-")]
             written = lancedb.connect(str(index)).open_table(tables[0]).count_rows() if tables else 0
         except Exception:  # noqa: BLE001 - the table is being created
             continue
-        if written >= 256:  # the first append is in: 256 of 600
+        if written >= 256:  # the first appends are in
             break
-    assert run.poll() is None, "the run ended before half the catalog was written: use a slower model"
+    assert run.poll() is None, "the run ended before it could be killed: use a larger catalog"
+    assert written < len(rows)
     run.send_signal(signal.SIGKILL)
     run.wait()
     time.sleep(7)  # the killed run's lease expires
