@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from serve_app import storage
-from serve_app.catalog import ManifestError, to_product
+from serve_app.catalog import ManifestError, parse_lines, to_product
 
 SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # Rows per block out of the parse step. Ingestion streams at block granularity (a load task decodes a whole
@@ -80,25 +80,7 @@ def _raw_rows(data: bytes, fmt: str) -> Iterator[tuple[int, dict | str]]:
             yield number, {k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and
                                                                                  math.isnan(v))}
         return
-    text = data.decode("utf-8-sig")
-    if fmt == "csv":
-        import csv
-
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames:
-            raise ManifestError("CSV shard has no header row")
-        for row in reader:
-            yield reader.line_num, {k: v for k, v in row.items() if k is not None and v not in ("", None)}
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            yield number, f"invalid JSON: {e.msg} at column {e.colno}"
-            continue
-        yield number, obj if isinstance(obj, dict) else f"expected a JSON object, got {type(obj).__name__}"
+    yield from parse_lines(data.decode("utf-8-sig"), fmt)
 
 
 def _text(v: Any) -> str | None:

@@ -66,8 +66,13 @@ class BadRow:
         return {"line": self.line, "product_id": self.product_id, "image": self.image, "reason": self.reason}
 
 
-def _parse_lines(text: str, fmt: str) -> list[tuple[int, dict | str]]:
-    """Return ``(line_number, row dict or error message)`` pairs."""
+def parse_lines(text: str, fmt: str) -> list[tuple[int, dict | str]]:
+    """``(line_number, row dict or error message)`` for each row of a JSON Lines or CSV manifest's text (also
+    each shard's, :mod:`batch_jobs.manifest`).
+
+    Raises:
+        ManifestError: a CSV without a header row.
+    """
     if fmt == "csv":
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames:
@@ -140,7 +145,7 @@ def read_manifest(uri: str) -> tuple[list[Product], list[BadRow]]:
         raise ManifestError(f"cannot read catalog manifest {uri}: {e}") from e
     products: dict[str, tuple[int, Product]] = {}
     bad: list[BadRow] = []
-    for number, row in _parse_lines(text, fmt):
+    for number, row in parse_lines(text, fmt):
         if isinstance(row, str):
             bad.append(BadRow(number, None, None, row))
             continue
