@@ -6,7 +6,9 @@ back, a seeded mix: 40 % text search, 40 % photo search, 10 % near-duplicate loo
 hostile uploads (from the test suite's corpus: truncated, bomb, polyglot, 8K video...). Every minute it samples
 each process's resident memory (RSS, MiB) by role (proxy, each deployment's replicas, the decode workers); at the
 end it prints JSON: requests and statuses per kind, p50/p99 per kind, RSS per role at start (after a warm-up
-minute), the peak and the end, and the growth from start to end. A 503 waits what ``Retry-After`` says.
+minute), the peak and the end, the growth from start to end and the replica count at both ends, and every process
+(pid, replica or decode worker, RSS) at start and at end, so growth is told apart from a replica the autoscaler
+added. A 503 waits what ``Retry-After`` says.
 
     python benchmarks/soak.py --minutes 10 --clients 8
 """
@@ -35,18 +37,31 @@ MIX = (("text", 0.40), ("image", 0.40), ("find_similar", 0.10), ("video", 0.05),
 
 
 def rss_mib(roles: dict[str, list]) -> dict[str, float]:
-    """Resident memory per role, MiB (summed over the role's processes and, for the VideoDecoder, its decode
-    workers)."""
-    out = {}
+    """Resident memory per role, MiB (summed over the role's processes and their child processes: the
+    VideoDecoder's decode workers)."""
+    return {role: round(sum(r for _, _, r in procs) / 2**20, 1) for role, procs in rss_by_process(roles).items()}
+
+
+def rss_by_process(roles: dict[str, list]) -> dict[str, list[tuple[int, str, int]]]:
+    """``role -> [(pid, "replica" | "child", resident bytes)]`` for every process of each role now, children
+    (decode workers) included as they are at this moment (a retired decode worker's replacement is a new pid)."""
+    out: dict[str, list] = {}
     for role, procs in roles.items():
-        total = 0
+        rows = out.setdefault(role, [])
         for proc in procs:
             try:
-                total += proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+                rows.append((proc.pid, "replica", proc.memory_info().rss))
+                for child in proc.children(recursive=True):
+                    rows.append((child.pid, "child", child.memory_info().rss))
             except Exception:  # noqa: BLE001 - a process that went away
                 pass
-        out[role] = round(total / 2**20, 1)
     return out
+
+
+def process_table(roles: dict[str, list]) -> dict[str, list[dict]]:
+    """:func:`rss_by_process` as JSON: ``role -> [{"pid", "kind", "rss_mib"}]``."""
+    return {role: [{"pid": pid, "kind": kind, "rss_mib": round(rss / 2**20, 1)} for pid, kind, rss in rows]
+            for role, rows in rss_by_process(roles).items() if not role.startswith(("client", "ray ("))}
 
 
 def client(base: str, seed: int, stop: threading.Event, uploads: list[bytes], clips: list[bytes], hostile: list,
@@ -111,10 +126,13 @@ def main() -> None:
     time.sleep(60)  # warm-up: model graphs, caches and pools reach their working size
     roles = serve_processes()
     samples = [(0.0, rss_mib(roles))]
+    processes_at_start = process_table(roles)
     started, warm_records = time.monotonic(), len(records)
     while time.monotonic() - started < args.minutes * 60:
         time.sleep(min(60.0, args.minutes * 60 - (time.monotonic() - started)))
+        roles = serve_processes()  # replicas the autoscaler started meanwhile count from here on
         samples.append((round(time.monotonic() - started, 1), rss_mib(roles)))
+    processes_at_end = process_table(roles)
     stop.set()
     for t in threads:
         t.join(70)
@@ -127,13 +145,16 @@ def main() -> None:
                     "p50_ms": round(1000 * percentile([t for _, t in v], 50), 1),
                     "p99_ms": round(1000 * percentile([t for _, t in v], 99), 1)} for kind, v in by_kind.items()}
     first, last = samples[0][1], samples[-1][1]
-    memory = {role: {"start_mib": first[role], "peak_mib": max(s[1][role] for s in samples), "end_mib": last[role],
-                     "growth_mib": round(last[role] - first[role], 1)} for role in first
-              if not role.startswith(("client", "ray ("))}
+    memory = {role: {"start_mib": first.get(role, 0.0), "peak_mib": max(s[1].get(role, 0.0) for s in samples),
+                     "end_mib": last.get(role, 0.0), "growth_mib": round(last.get(role, 0.0) - first.get(role, 0.0), 1),
+                     "replicas_start": sum(p["kind"] == "replica" for p in processes_at_start.get(role, [])),
+                     "replicas_end": sum(p["kind"] == "replica" for p in processes_at_end.get(role, []))}
+              for role in {**first, **last} if not role.startswith(("client", "ray ("))}
     print(json.dumps({"machine_cpus": os.cpu_count(), "minutes": args.minutes, "clients": args.clients,
                       "products": products, "dtype": args.dtype, "requests": len(measured),
                       "requests_per_s": round(len(measured) / (args.minutes * 60), 2), "kinds": kinds,
-                      "rss_by_role": memory, "rss_samples": samples}, indent=2))
+                      "rss_by_role": memory, "processes_start": processes_at_start, "processes_end": processes_at_end,
+                      "rss_samples": samples}, indent=2))
 
 
 if __name__ == "__main__":
