@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.index.base import VectorIndex
+from serve_app.index.base import IndexReader
 from serve_app.phash import hamming_distance, match_percent, to_hex
 
 MODES = ("phash", "robust")
@@ -33,7 +33,7 @@ def _result(meta: dict[str, Any], distance: int) -> dict[str, Any]:
                   "phash": to_hex(meta["phash"])}
 
 
-def find_similar(index: VectorIndex, query_hash: int, top: int, max_distance: int = DEFAULT_MAX_DISTANCE,
+def find_similar(index: IndexReader, query_hash: int, top: int, max_distance: int = DEFAULT_MAX_DISTANCE,
                  mode: str = "phash", query_vector: np.ndarray | None = None,
                  clip_min_score: float = DEFAULT_CLIP_MIN_SCORE, confirm_min_score: float = DEFAULT_CONFIRM_MIN_SCORE,
                  exclude: str | None = None) -> list[dict[str, Any]]:

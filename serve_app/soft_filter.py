@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from serve_app.fusion import soft_text_filter
-from serve_app.index.base import VectorIndex
+from serve_app.index.base import IndexReader
 
 MIN_POOL = 50
 
@@ -28,7 +28,7 @@ def with_text_query(vectors: np.ndarray, text_vector: np.ndarray) -> np.ndarray:
     return np.vstack([np.asarray(vectors, np.float32), np.asarray(text_vector, np.float32).reshape(1, -1)])
 
 
-def rerank_with_text(index: VectorIndex, candidates: list[dict[str, Any]], query_vectors: np.ndarray,
+def rerank_with_text(index: IndexReader, candidates: list[dict[str, Any]], query_vectors: np.ndarray,
                      text_hits: list[dict[str, Any]], text_vector: np.ndarray, text_weight: float, k: int,
                      text_only: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Fuse visual candidates with the text query's results (module docstring).

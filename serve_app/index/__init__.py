@@ -8,7 +8,8 @@
 
 from contextlib import AbstractContextManager
 
-from serve_app.index.base import Hit, IndexInfo, IndexOpenError, VectorIndex, product_table, row_schema
+from serve_app.index.base import (Hit, IndexInfo, IndexOpenError, IndexReader, IndexWriter, VectorIndex, product_table,
+                                  row_schema)
 from serve_app.index.lease import DEFAULT_POLL_S, DEFAULT_TTL_S, DEFAULT_WAIT_S, Lease, LeaseHeld, LeaseLost, hold
 
 
@@ -83,5 +84,5 @@ def lease(uri: str, run_id: str, ttl_s: float = DEFAULT_TTL_S, wait_s: float = D
     return hold(_backend(uri).lease_store(uri), run_id, ttl_s, wait_s, poll_s)
 
 
-__all__ = ["Hit", "IndexInfo", "IndexOpenError", "Lease", "LeaseHeld", "LeaseLost", "VectorIndex", "create_version",
-           "is_opensearch", "lease", "open_index", "product_table", "row_schema", "unpublished_versions"]
+__all__ = ["Hit", "IndexInfo", "IndexOpenError", "IndexReader", "IndexWriter", "Lease", "LeaseHeld", "LeaseLost",
+           "VectorIndex", "create_version", "is_opensearch", "lease", "open_index", "product_table", "row_schema", "unpublished_versions"]

@@ -211,13 +211,79 @@ class IndexInfo:
                    **{k: record[k] for k in ("weights", "runtime", "dtype") if record.get(k)})
 
 
-class VectorIndex(abc.ABC):
-    """A k-NN index of catalog products.
+class IndexReader(abc.ABC):
+    """The query side of a k-NN index of catalog products (what serving uses): k-NN and Hamming search,
+    stored vectors, metadata and facets of the version an alias points at."""
 
-    ``uri`` names an **alias**; each ingestion writes a new physical index (``version``, see
-    :func:`version_name`) and :meth:`publish` switches the alias to it atomically, so search never sees a
-    half-built index or a mix of two models' embeddings.
-    """
+    uri: str
+    info: IndexInfo
+    version: str
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of products stored."""
+
+    @abc.abstractmethod
+    def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
+        """k-NN by cosine similarity, with the filter applied inside the search.
+
+        Args:
+            vectors: float32 ``(Q, D)`` L2-normalised query embeddings.
+            k: results per query (1–1000).
+            filters: parsed clauses from :func:`serve_app.filters.parse_filters`.
+
+        Returns:
+            ``Q`` lists of at most ``k`` hits, best first; exactly ``k`` when ≥ ``k`` products match.
+        """
+
+    async def asearch(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
+        """:meth:`search` for an event loop; backends with an async client override it (default: a thread)."""
+        return await asyncio.to_thread(self.search, vectors, k, filters)
+
+    @abc.abstractmethod
+    def hamming_search(self, hashes: list[int], k: int, max_distance: int = 64,
+                       filters: list[Clause] | None = None) -> list[list[HashHit]]:
+        """Exact k-NN by Hamming distance over the stored 64-bit pHashes.
+
+        Args:
+            hashes: query pHashes (signed int64 values, :mod:`serve_app.phash`).
+            k: results per query. max_distance: drop hits farther than this many bits.
+
+        Returns:
+            One list per query of at most ``k`` hits with ``distance ≤ max_distance``, closest first.
+        """
+
+    @abc.abstractmethod
+    def vectors(self, product_ids: list[str]) -> dict[str, np.ndarray]:
+        """Stored embeddings of the given products (float32 ``(D,)`` each); missing ids are left out."""
+
+    @abc.abstractmethod
+    def hashes(self) -> tuple[list[str], np.ndarray]:
+        """Every stored ``(product_id, phash)``: ids and an int64 ``(N,)`` array (for batch dedup reports)."""
+
+    @abc.abstractmethod
+    def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
+        """Stored metadata (and ``phash``) of the given products, in the order found."""
+
+    @abc.abstractmethod
+    def facets(self) -> dict[str, Any]:
+        """Values and ranges of the filterable fields, for building filter controls.
+
+        Returns:
+            ``{"products": N, "facets": {field: [{"value": str, "count": int}, ...]}, "ranges": {field:
+            {"min": float, "max": float, "count": int}}}`` where ``facets`` has one list (possibly empty) per
+            field of :data:`FACET_FIELDS` (``category``, ``brand``), sorted by count descending then value,
+            and ``ranges`` one entry per field of :data:`RANGE_FIELDS` (``price``) that has any value, with
+            ``count`` = products that have a value.
+            Null and empty-string values are left out; a numeric field with no value at all is left out of
+            ``ranges``. (OpenSearch: a ``terms`` aggregation per keyword field and a ``stats`` aggregation
+            per numeric field, ``size: 0``.)
+        """
+
+
+class IndexWriter(abc.ABC):
+    """The write side of a k-NN index (what ingestion uses): bulk appends and upserts into one physical
+    version, deletes, the ingestion lease, and publishing or dropping the version."""
 
     uri: str
     info: IndexInfo
@@ -243,68 +309,16 @@ class VectorIndex(abc.ABC):
         return self.all_vectors()[0]
 
     @abc.abstractmethod
-    def count(self) -> int:
-        """Number of products stored."""
-
-    @abc.abstractmethod
-    def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
-        """k-NN by cosine similarity, with the filter applied inside the search.
-
-        Args:
-            vectors: float32 ``(Q, D)`` L2-normalised query embeddings.
-            k: results per query (1–1000).
-            filters: parsed clauses from :func:`serve_app.filters.parse_filters`.
-
-        Returns:
-            ``Q`` lists of at most ``k`` hits, best first; exactly ``k`` when ≥ ``k`` products match.
-        """
-
-    @abc.abstractmethod
-    def hamming_search(self, hashes: list[int], k: int, max_distance: int = 64,
-                       filters: list[Clause] | None = None) -> list[list[HashHit]]:
-        """Exact k-NN by Hamming distance over the stored 64-bit pHashes.
-
-        Args:
-            hashes: query pHashes (signed int64 values, :mod:`serve_app.phash`).
-            k: results per query. max_distance: drop hits farther than this many bits.
-
-        Returns:
-            One list per query of at most ``k`` hits with ``distance ≤ max_distance``, closest first.
-        """
-
-    @abc.abstractmethod
-    def vectors(self, product_ids: list[str]) -> dict[str, np.ndarray]:
-        """Stored embeddings of the given products (float32 ``(D,)`` each); missing ids are left out."""
-
-    @abc.abstractmethod
-    def hashes(self) -> tuple[list[str], np.ndarray]:
-        """Every stored ``(product_id, phash)``: ids and an int64 ``(N,)`` array (for batch dedup reports)."""
-
-    @abc.abstractmethod
     def delete(self, product_ids: list[str]) -> int:
         """Delete products by id; returns how many were deleted."""
 
-    @abc.abstractmethod
-    def get(self, product_ids: list[str]) -> list[dict[str, Any]]:
-        """Stored metadata (and ``phash``) of the given products, in the order found."""
-
-    @abc.abstractmethod
-    def facets(self) -> dict[str, Any]:
-        """Values and ranges of the filterable fields, for building filter controls.
-
-        Returns:
-            ``{"products": N, "facets": {field: [{"value": str, "count": int}, ...]}, "ranges": {field:
-            {"min": float, "max": float, "count": int}}}`` where ``facets`` has one list (possibly empty) per
-            field of :data:`FACET_FIELDS` (``category``, ``brand``), sorted by count descending then value,
-            and ``ranges`` one entry per field of :data:`RANGE_FIELDS` (``price``) that has any value, with
-            ``count`` = products that have a value.
-            Null and empty-string values are left out; a numeric field with no value at all is left out of
-            ``ranges``. (OpenSearch: a ``terms`` aggregation per keyword field and a ``stats`` aggregation
-            per numeric field, ``size: 0``.)
-        """
-
     def finish_bulk_load(self) -> None:  # noqa: B027 - optional hook
         """Called once after a bulk load: build ANN structures, compact, refresh."""
+
+    def drain_failures(self) -> list[dict[str, Any]]:
+        """Rows the backend rejected since the last call (``product_id``, ``reason``); bulk loaders that report
+        per-item errors override this. Default: none (the write either succeeded or raised)."""
+        return []
 
     @abc.abstractmethod
     def publish(self, keep: int = 2) -> list[str]:
@@ -319,11 +333,11 @@ class VectorIndex(abc.ABC):
             IndexOpenError: it is the version the alias points at.
         """
 
-    def drain_failures(self) -> list[dict[str, Any]]:
-        """Rows the backend rejected since the last call (``product_id``, ``reason``); bulk loaders that report
-        per-item errors override this. Default: none (the write either succeeded or raised)."""
-        return []
 
-    async def asearch(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
-        """:meth:`search` for an event loop; backends with an async client override it (default: a thread)."""
-        return await asyncio.to_thread(self.search, vectors, k, filters)
+class VectorIndex(IndexReader, IndexWriter):
+    """A k-NN index of catalog products: both sides of one backend (LanceDB, OpenSearch, in-memory).
+
+    ``uri`` names an **alias**; each ingestion writes a new physical index (``version``, see
+    :func:`version_name`) and :meth:`publish` switches the alias to it atomically, so search never sees a
+    half-built index or a mix of two models' embeddings.
+    """
