@@ -8,7 +8,6 @@ from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
 """
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 
 from batch_jobs.pipeline import MODES
 from serve_app import storage
@@ -51,23 +49,18 @@ CATALOG_HELP = ("manifest: a .jsonl/.csv/.parquet file, a folder, a glob or an s
                 "(path, http(s):// or s3://)")
 
 
+INGEST_FLAGS = ("model", "dtype", "runtime", "batch_size", "embed_actors", "flag_duplicates", "mode", "keep_versions",
+                "lease_wait_s", "lease_ttl_s", "resume", "max_bad_fraction", "write_concurrency")
+
+
 def ingest_options(args) -> "IngestOptions":  # noqa: F821
-    """IngestOptions from the YAML config, overridden by explicit flags."""
+    """:meth:`IngestOptions.from_config`: the YAML config, then the environment, then the explicit flags."""
     from batch_jobs.pipeline import IngestOptions
 
-    config = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
-    valid = {f.name for f in dataclasses.fields(IngestOptions)}
-    unknown = set(config) - valid
-    if unknown:
-        raise SystemExit(f"error: unknown keys {sorted(unknown)} in {args.config}; valid keys: {sorted(valid)}")
-    config["model"] = args.model or os.environ.get("VS_MODEL") or config.get("model") or DEFAULT_MODEL
-    config["dtype"] = args.dtype or os.environ.get("VS_DTYPE") or config.get("dtype") or "float32"
-    config["runtime"] = args.runtime or os.environ.get("VS_RUNTIME") or config.get("runtime") or "torch"
-    for key in ("batch_size", "embed_actors", "flag_duplicates", "mode", "keep_versions", "lease_wait_s",
-                "lease_ttl_s", "resume", "max_bad_fraction", "write_concurrency"):
-        if getattr(args, key, None) is not None:
-            config[key] = getattr(args, key)
-    return IngestOptions(**config)
+    try:
+        return IngestOptions.from_config(args.config, **{k: getattr(args, k, None) for k in INGEST_FLAGS})
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def cmd_ingest(args) -> int:

@@ -2,39 +2,69 @@
 
 import io
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from batch_jobs.stages import to_index_rows
+from batch_jobs.manifest import ALREADY_INDEXED
+from batch_jobs.stages import index_table
 from serve_app import storage
 from serve_app.index import IndexInfo, open_index
 from serve_app.phash import hamming_matrix
 
 
+MAX_LISTED_FAILURES = 10_000  # failed rows one write task lists (all are counted)
+NODE_COLUMNS = {"loaded_on": "load", "embedded_on": "embed"}  # per-row node columns the pipeline adds, by stage
+
+
 @dataclass
 class SinkResult:
-    """What one write task did: rows upserted and rows that failed, with reasons."""
+    """What one write task did: rows seen, rows upserted, rows that failed (counted; the first
+    :data:`MAX_LISTED_FAILURES` listed with reasons), rows a resumed run had indexed already, and the rows each
+    stage handled per Ray node."""
 
+    rows: int = 0
     written: int = 0
+    failed_count: int = 0
+    already_indexed: int = 0
     failed: list[dict] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)
+    nodes: dict[str, Counter] = field(default_factory=dict)
+
+    def add(self, other: "SinkResult") -> None:
+        self.rows += other.rows
+        self.written += other.written
+        self.failed_count += other.failed_count
+        self.already_indexed += other.already_indexed
+        self.failed += other.failed[:max(0, MAX_LISTED_FAILURES - len(self.failed))]
+        self.near_duplicates += other.near_duplicates
+        for stage, counts in other.nodes.items():
+            self.nodes.setdefault(stage, Counter()).update(counts)
+
+    def fail(self, entry: dict) -> None:
+        self.failed_count += 1
+        if len(self.failed) < MAX_LISTED_FAILURES:
+            self.failed.append(entry)
 
 
 class IndexDatasink(Datasink[SinkResult]):
     """Upsert blocks into the index at ``index_uri`` and mirror them to Parquet under ``embeddings_uri``.
 
-    Rows whose ``error`` is set are not written; they come back in :attr:`failed` for the report. With
+    Every row of the catalog reaches the sink, bad ones too: rows whose ``error`` is set (a manifest row that
+    failed validation, an image that failed to load) are not written; they come back in :attr:`result`
+    (``failed``) for the report, and rows marked :data:`~batch_jobs.manifest.ALREADY_INDEXED` are counted. With
     ``append`` (a new version, whose rows the manifest step made unique) each write task appends its rows
-    (:meth:`VectorIndex.append`: Lance commits concurrent appends without conflict; OpenSearch bulk-indexes by
+    (:meth:`IndexWriter.append`: Lance commits concurrent appends without conflict; OpenSearch bulk-indexes by
     id), so the pipeline runs several writer tasks and every finished task's rows are durable (``--resume``
     skips them). Without it (upsert mode) LanceDB's ``merge_insert`` commits conflict, so the pipeline runs one.
-    After all blocks, :meth:`on_write_complete` runs :meth:`VectorIndex.finish_bulk_load` once.
+    After all blocks, :meth:`on_write_complete` runs :meth:`IndexWriter.finish_bulk_load` once.
     """
 
     def __init__(self, index_uri: str, info: IndexInfo, embeddings_uri: str | None,
@@ -45,9 +75,7 @@ class IndexDatasink(Datasink[SinkResult]):
         self.rows_per_write = rows_per_write
         self.flag_duplicates = flag_duplicates
         self.append = append
-        self.written = 0
-        self.failed: list[dict] = []
-        self.near_duplicates: list[dict] = []
+        self.result = SinkResult()  # the sum over all write tasks, after the write completes
 
     @property
     def min_rows_per_write(self) -> int:
@@ -59,22 +87,38 @@ class IndexDatasink(Datasink[SinkResult]):
     def write(self, blocks: Iterable[Block], ctx) -> SinkResult:
         index = open_index(self.index_uri, info=self.info, **self.index_options)
         result = SinkResult()
+        writer_node = this_node()
         for block in blocks:
             accessor = BlockAccessor.for_block(block)
-            if accessor.num_rows() == 0:  # every row of it was filtered out upstream
+            if accessor.num_rows() == 0:
                 continue
-            batch = accessor.to_numpy()
-            columns = {c: list(v) for c, v in batch.items()}
-            for i, err in enumerate(columns["error"]):
-                if err:
-                    where = {"shard": columns["shard"][i], "line": int(columns["line"][i])} if "shard" in columns else {}
-                    result.failed.append(where | {"product_id": columns["product_id"][i],
-                                                  "image": columns["image"][i], "reason": err})
-            rows = to_index_rows(columns, self.info.dim)
+            table = accessor.to_arrow()
+            result.rows += table.num_rows
+            for column, stage in NODE_COLUMNS.items():
+                if column in table.column_names:
+                    counts = pc.value_counts(table.column(column)).to_pylist()
+                    result.nodes.setdefault(stage, Counter()).update({c["values"]: c["counts"] for c in counts})
+            errors = pc.fill_null(table.column("error").cast(pa.string()), "")
+            done = pc.equal(errors, ALREADY_INDEXED)
+            result.already_indexed += pc.sum(done).as_py() or 0
+            failed = pc.and_(pc.not_equal(errors, ""), pc.invert(done))
+            if pc.any(failed).as_py():
+                where = ["shard", "line"] if "shard" in table.column_names else []
+                for row in table.filter(failed).select(where + ["product_id", "image", "error"]).to_pylist():
+                    row["reason"] = row.pop("error")
+                    if "line" in row:
+                        row["line"] = int(row["line"])
+                    result.fail(row)
+            good = table.filter(pc.equal(errors, ""))
+            vectors = BlockAccessor.for_block(good).to_numpy("vector") if good.num_rows else np.zeros((0, 0))
+            rows = index_table(good, vectors, self.info.dim)
             if self.flag_duplicates is not None and rows.num_rows:
                 result.near_duplicates += _near_duplicates(index, rows, self.flag_duplicates)
-            result.written += index.append(rows) if self.append else index.upsert(rows)
-            result.failed += [f | {"image": None} for f in index.drain_failures()]
+            written = index.append(rows) if self.append else index.upsert(rows)
+            result.written += written
+            result.nodes.setdefault("write", Counter())[writer_node] += written
+            for f in index.drain_failures():
+                result.fail(f | {"image": None})
             if self.embeddings_uri and rows.num_rows:
                 self._write_parquet(rows)
         return result
@@ -87,10 +131,15 @@ class IndexDatasink(Datasink[SinkResult]):
 
     def on_write_complete(self, write_result) -> None:
         for r in write_result.write_returns:
-            self.written += r.written
-            self.failed.extend(r.failed)
-            self.near_duplicates.extend(r.near_duplicates)
+            self.result.add(r)
         open_index(self.index_uri, info=self.info, **self.index_options).finish_bulk_load()
+
+
+def this_node() -> str:
+    """The Ray node this worker runs on, as the report names it: the first 12 hex digits of its node id."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()[:12]
 
 
 def _near_duplicates(index, rows: pa.Table, max_distance: int) -> list[dict]:

@@ -41,18 +41,25 @@ def resolve_demo_model(explicit: str | None) -> str:
 
 
 def cmd_demo(args) -> int:
-    from batch_jobs.cli import cmd_ingest, cmd_sample_catalog
+    import json
+
+    from batch_jobs.pipeline import IngestOptions, ingest
+    from batch_jobs.sample_catalog import SampleCatalogUnavailable, write_sample_catalog
 
     model = resolve_demo_model(args.model or os.environ.get("VS_MODEL"))
     index = os.path.abspath(args.index or os.environ.get("VS_INDEX") or "./data/index")
     catalog = os.path.abspath("./data/catalog.jsonl")
-    if cmd_sample_catalog(type("A", (), {"out": catalog, "stamps_dir": "/usr/share/tuxpaint/stamps",
-                                         "limit": args.limit})) != 0:
+    try:
+        products = write_sample_catalog(Path(catalog), Path("/usr/share/tuxpaint/stamps"), args.limit)
+    except SampleCatalogUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    ingest_args = type("A", (), {"catalog": catalog, "index": index, "model": model, "dtype": args.dtype,
-                                 "config": str(ROOT / "configs" / "ingest.yaml"), "batch_size": None,
-                                 "embed_actors": None, "report": None, "embeddings": None})
-    if cmd_ingest(ingest_args) != 0:
+    print(json.dumps({"catalog": catalog, "products": products}))
+    report = ingest(catalog, index, IngestOptions.from_config(ROOT / "configs" / "ingest.yaml", model=model,
+                                                              dtype=args.dtype))
+    print(json.dumps(report.summary(), indent=2))
+    if not report.published:
+        print(f"error: the ingestion did not publish: {report.not_published_because}", file=sys.stderr)
         return 2
     import ray
 

@@ -9,10 +9,12 @@ of a Parquet shard), and a row that fails validation keeps its ``error``: it is 
 an exception. Ray Data's own JSON and CSV readers are not used for this step because they fail a whole file on
 its first malformed line; ours makes that line a bad row.
 
-Duplicates: a later row updates an earlier one (shards in sorted order, then lines), as in one file.
-:func:`duplicate_winners` groups the ``product_id`` column across all shards (``Dataset.groupby``: a
-distributed hash shuffle, so the driver receives only the ids that occur more than once) and
-:func:`mark_duplicates` turns every row but the last of each such id into a bad row.
+Duplicates: a later row updates an earlier one (shards in sorted order, then lines), as in one file. Within a
+shard the task that parses it marks every row but the last of a repeated id (:func:`mark_repeats_within`), so a
+one-file catalog streams straight into ingestion. Across shards, :func:`duplicate_winners` groups the
+``product_id`` column of all shards (``Dataset.groupby``: a distributed hash shuffle, so the driver receives
+only the ids that occur in more than one shard) and :func:`mark_duplicates` turns every row but the last of each
+such id into a bad row; :func:`catalog_rows` does the whole step.
 """
 
 import io
@@ -114,7 +116,9 @@ class _Rows:
 
 def parse_shard(batch: dict[str, np.ndarray], rows_per_block: int = ROWS_PER_BLOCK) -> Iterator[pa.Table]:
     """Ray Data ``map_batches`` function (``batch_size=1`` over the shard list): read one shard and yield its
-    rows in :data:`ROW_SCHEMA` tables of up to ``rows_per_block`` rows, each valid or with its ``error``.
+    rows in :data:`ROW_SCHEMA` tables of up to ``rows_per_block`` rows, each valid or with its ``error``. A
+    ``product_id`` repeated within the shard keeps its last row; the earlier ones are bad rows
+    (:func:`mark_repeats_within`), so only ids repeated *across* shards need :func:`duplicate_winners`.
 
     Args:
         batch: ``{"shard": [uri], "index": [shard number]}``.
@@ -134,12 +138,33 @@ def parse_shard(batch: dict[str, np.ndarray], rows_per_block: int = ROWS_PER_BLO
                                         "attributes": json.dumps(p.attributes, sort_keys=True)}, None, None)
                     except ValueError as e:
                         rows.add(line, None, raw, str(e))
-                if len(rows) >= rows_per_block:
-                    yield rows.take()
+            del data
         except (storage.StorageError, ManifestError, UnicodeDecodeError, pa.ArrowException, OSError) as e:
-            rows.add(0, None, None, f"cannot read shard: {type(e).__name__}: {e}")  # the whole shard: one bad row
-        if len(rows):
-            yield rows.take()
+            rows = _Rows(str(uri), int(index))  # the whole shard: one bad row
+            rows.add(0, None, None, f"cannot read shard: {type(e).__name__}: {e}")
+        table = mark_repeats_within(rows.take())
+        for start in range(0, table.num_rows, rows_per_block):
+            yield table.slice(start, rows_per_block)
+
+
+def mark_repeats_within(table: pa.Table) -> pa.Table:
+    """Rows of one shard (``ROW_SCHEMA``, in line order) whose valid ``product_id`` occurs again further down get
+    ``error`` naming the line that replaces them (a later row updates an earlier one, as in one file)."""
+    import pyarrow.compute as pc
+
+    valid = pc.is_null(table.column("error"))
+    ids = pc.if_else(valid, table.column("product_id"), pa.scalar(None, pa.string()))
+    last = pa.table({"product_id": ids, "line": table.column("line")}).group_by("product_id").aggregate(
+        [("line", "max"), ("line", "count")])
+    last = last.filter(pc.and_(pc.is_valid(last.column("product_id")), pc.greater(last.column("line_count"), 1)))
+    if not last.num_rows:
+        return table
+    winners = dict(zip(last.column("product_id").to_pylist(), last.column("line_max").to_pylist()))
+    errors = table.column("error").to_pylist()
+    for i, (pid, line) in enumerate(zip(ids.to_pylist(), table.column("line").to_pylist())):
+        if pid in winners and winners[pid] != line:
+            errors[i] = f"duplicate product_id; {table.column('shard')[i].as_py()} line {winners[pid]} replaces it"
+    return table.set_column(table.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
 
 
 def read_catalog(catalog: str, num_cpus: float = 0.25, rows_per_block: int = ROWS_PER_BLOCK, **ray_remote_args):
@@ -158,6 +183,54 @@ def read_catalog(catalog: str, num_cpus: float = 0.25, rows_per_block: int = ROW
                                  fn_kwargs={"rows_per_block": rows_per_block}, **ray_remote_args)
     # A task's outputs are merged into blocks of up to 128 MiB: split them again (a streaming split, no shuffle).
     return parsed.repartition(target_num_rows_per_block=rows_per_block)
+
+
+def catalog_rows(catalog: str, rows_per_block: int = ROWS_PER_BLOCK, **ray_remote_args):
+    """Every row of ``catalog`` (:data:`ROW_SCHEMA`, good and bad), duplicates marked, as a Ray Data dataset and
+    the shard list.
+
+    One shard: lazy and streaming (its parse task marks its own repeats). Several: the parsed rows are
+    materialised in the object store (not on the driver) and grouped by ``product_id`` once to find the ids
+    repeated across shards — a blocking step of a few seconds before the first image is loaded.
+
+    Raises:
+        ManifestError: ``catalog`` names no shard (see :func:`list_shards`).
+    """
+    shards = list_shards(catalog)
+    ds = read_catalog(catalog, rows_per_block=rows_per_block, **ray_remote_args)
+    if len(shards) == 1:
+        return ds, shards
+    ds = ds.materialize()
+    winners = duplicate_winners(ds, partitions=max(2, min(32, len(shards))))
+    if winners:
+        ds = ds.map_batches(mark_duplicates, batch_size=None, batch_format="pyarrow",
+                            fn_kwargs={"winners": winners, "shards": shards}, num_cpus=0.1)
+    return ds, shards
+
+
+def mark_done(batch: pa.Table, done) -> pa.Table:
+    """Ray Data ``map_batches`` function (``batch_format="pyarrow"``): valid rows whose ``product_id`` is in
+    ``done`` (an object ref of a list of ids, fetched once per worker process, or the list) get ``error``
+    :data:`ALREADY_INDEXED`, so the stages pass them by and the sink counts them apart from bad rows."""
+    import pyarrow.compute as pc
+    import ray
+
+    if isinstance(done, ray.ObjectRef):
+        if _DONE_CACHE.get("key") != done.hex():
+            _DONE_CACHE.update(key=done.hex(), ids=pa.array(ray.get(done), pa.string()))
+        ids = _DONE_CACHE["ids"]
+    else:
+        ids = pa.array(list(done), pa.string())
+    hit = pc.and_(pc.is_null(batch.column("error")),
+                  pc.is_in(batch.column("product_id"), value_set=ids))
+    if not pc.any(hit).as_py():
+        return batch
+    errors = pc.if_else(hit, pa.scalar(ALREADY_INDEXED, pa.string()), batch.column("error"))
+    return batch.set_column(batch.schema.get_field_index("error"), "error", errors)
+
+
+ALREADY_INDEXED = "already indexed by the run this one resumes"
+_DONE_CACHE: dict = {}
 
 
 def valid_rows(batch: pa.Table) -> pa.Table:

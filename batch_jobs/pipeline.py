@@ -10,10 +10,10 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 
-from batch_jobs.manifest import list_shards
+from batch_jobs.manifest import ROWS_PER_BLOCK, bad_row, bad_rows, catalog_rows, list_shards, mark_done
 from serve_app import storage
 from serve_app.index import IndexInfo, create_version, is_opensearch, lease, open_index
 from serve_app.index.lease import DEFAULT_TTL_S, DEFAULT_WAIT_S
@@ -54,6 +54,7 @@ class IngestOptions:
     write_concurrency: int = 2  # index writer tasks (LanceDB appends to a new version, OpenSearch bulk)
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION  # more bad rows than this share of the manifest: no publish
     resume: bool = False  # continue the newest unpublished version a killed or failed run left behind
+    rows_per_block: int = ROWS_PER_BLOCK  # manifest rows per block: the unit a load task decodes and streams on
 
     def __post_init__(self):
         valid = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}
@@ -67,13 +68,40 @@ class IngestOptions:
                              f"{self.keep_versions}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
-        if self.write_concurrency < 1:
-            raise ValueError(f"write_concurrency must be at least 1, got {self.write_concurrency}")
+        if self.write_concurrency < 1 or self.rows_per_block < 1:
+            raise ValueError(f"write_concurrency and rows_per_block must be at least 1, got {self.write_concurrency} "
+                             f"and {self.rows_per_block}")
         if self.resume and self.mode != "new-version":
             raise ValueError("resume continues an unpublished new version: it needs mode 'new-version'")
         if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
             raise ValueError(f"lease_ttl_s must be > 0 and lease_wait_s >= 0 (seconds), got {self.lease_ttl_s} "
                              f"and {self.lease_wait_s}")
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike | None = None, **overrides) -> "IngestOptions":
+        """The options of a run: the YAML file at ``path`` (``configs/ingest.yaml``; none: the defaults), then
+        ``VS_MODEL``/``VS_DTYPE``/``VS_RUNTIME`` from the environment, then every override that is not ``None``
+        (the command line's flags). The model defaults to :data:`serve_app.embedding.DEFAULT_MODEL`.
+
+        Raises:
+            ValueError: the file has keys that are not options (the message lists the valid ones), or the
+                options are inconsistent (see :class:`IngestOptions`).
+        """
+        import yaml
+
+        from serve_app.embedding import DEFAULT_MODEL
+
+        config = (yaml.safe_load(open(path).read()) or {}) if path else {}
+        valid = {f.name for f in fields(cls)}
+        unknown = set(config) - valid
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)} in {path}; valid keys: {sorted(valid)}")
+        for key, env in (("model", "VS_MODEL"), ("dtype", "VS_DTYPE"), ("runtime", "VS_RUNTIME")):
+            if os.environ.get(env):
+                config[key] = os.environ[env]
+        config |= {k: v for k, v in overrides.items() if v is not None}
+        config.setdefault("model", DEFAULT_MODEL)
+        return cls(**config)
 
     def index_options(self, uri: str) -> dict:
         """Backend settings for index ``uri`` (HNSW parameters for OpenSearch, the ANN threshold for LanceDB)."""
@@ -125,6 +153,8 @@ class IngestReport:
     not_published_because: str | None = None
     bad_fraction: float = 0.0
     resumed: dict | None = None  # the unpublished version this run continued: {"version", "products"}
+    nodes: dict = field(default_factory=dict)  # rows each stage ("load", "embed", "write") handled per Ray node
+    phases: dict = field(default_factory=dict)  # seconds from the start: Ray up, catalog listed, pipeline done, published
     dropped_versions: list[str] = field(default_factory=list)
     bad_rows: list[dict] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)
@@ -154,10 +184,9 @@ def model_info(model: str, runtime: str = "torch", dtype: str = "float32") -> In
     Raises:
         ModelLoadError: the config or processor cannot be loaded.
     """
-    from serve_app.embedding import load_model_config, weights_kind
+    from serve_app.embedding import projection_dim, weights_kind
 
-    config = load_model_config(model, check_processor=False)  # the actors load the processor
-    return IndexInfo(model_id=model, dim=int(config.projection_dim), weights=weights_kind(model), runtime=runtime,
+    return IndexInfo(model_id=model, dim=projection_dim(model), weights=weights_kind(model), runtime=runtime,
                      dtype=dtype)
 
 
@@ -203,44 +232,53 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     with lease(index, f"ingest-{uuid.uuid4().hex[:8]}", ttl_s=options.lease_ttl_s,
                wait_s=options.lease_wait_s) as held:
         init_ray()
+        phases = {"ray_ready_s": round(time.perf_counter() - started, 2)}
         run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # after any wait for the lease
         remote_index = is_opensearch(index)
         if not remote_index:
             embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
         report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
-        manifest = validated_catalog(catalog)
-        result = IngestReport(catalog=catalog, index=index, model=options.model, rows_in_manifest=manifest.rows,
-                              embeddings=embeddings, report=report, mode=options.mode, bad_rows=manifest.bad_rows)
-        log.info("catalog %s: %d shards, %d rows, %d invalid", catalog, manifest.shards, manifest.rows,
-                 manifest.bad)
+        result = IngestReport(catalog=catalog, index=index, model=options.model, embeddings=embeddings,
+                              report=report, mode=options.mode)
 
         target, done = _target_version(index, info, options)
         result.version = target.version
         result.resumed = {k: done[k] for k in ("version", "products")} if done else None
+        rows, shards = catalog_rows(catalog, rows_per_block=options.rows_per_block, **worker_runtime_env())
+        if done:
+            rows = rows.map_batches(mark_done, batch_size=None, batch_format="pyarrow",
+                                    fn_kwargs={"done": done["product_ids"]}, num_cpus=0.1)
+        phases["catalog_listed_s"] = round(time.perf_counter() - started, 2)
         sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
                              flag_duplicates=options.flag_duplicates, append=options.mode == "new-version")
         try:
-            _run_pipeline(ray, manifest.valid(skip=done["product_ids"] if done else None), options, sink,
+            _run_pipeline(ray, rows, options, sink,
                           concurrency=options.write_concurrency if options.mode == "new-version" or remote_index
                           else 1)
         except BaseException:
             log.error("the run failed; version %s is left unpublished: `--resume` continues it", target.version)
             raise
+        phases["pipeline_done_s"] = round(time.perf_counter() - started, 2)
         held.check()  # renews the lease now; raises LeaseLost if another run took it over meanwhile
 
-        result.indexed = sink.written
-        result.bad_rows += sink.failed[:max(0, MAX_LISTED_BAD_ROWS - len(result.bad_rows))]
-        result.skipped = manifest.bad + len(sink.failed)
-        result.bad_fraction = round(result.skipped / max(1, manifest.rows), 4)
-        result.near_duplicates = sink.near_duplicates
+        written = sink.result
+        log.info("catalog %s: %d shards, %d rows, %d bad, %d already indexed", catalog, len(shards), written.rows,
+                 written.failed_count, written.already_indexed)
+        result.rows_in_manifest = written.rows
+        result.indexed = written.written
+        result.bad_rows = sorted(written.failed, key=lambda r: (str(r.get("shard")), r.get("line") or 0))
+        result.skipped = written.failed_count
+        result.bad_fraction = round(result.skipped / max(1, written.rows), 4)
+        result.near_duplicates = written.near_duplicates
+        result.nodes = {stage: dict(counts) for stage, counts in written.nodes.items()}
         if result.bad_fraction > options.max_bad_fraction:
             result.not_published_because = (
-                f"{result.skipped} of {manifest.rows} rows are bad ({result.bad_fraction:.1%}), over "
+                f"{result.skipped} of {written.rows} rows are bad ({result.bad_fraction:.1%}), over "
                 f"max_bad_fraction {options.max_bad_fraction:.1%}: the alias stays where it was; fix the rows "
                 f"and run again, or raise --max-bad-fraction")
             log.error("%s", result.not_published_because)
         elif options.mode == "new-version":
-            if sink.written or done:
+            if written.written or done:
                 result.dropped_versions = target.publish(keep=options.keep_versions)
                 result.published = True
             else:
@@ -251,6 +289,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
             result.published = True
         result.products_in_index = _products_in_index(index)
         result.seconds = round(time.perf_counter() - started, 3)
+        result.phases = phases | {"published_s": result.seconds}
         result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
         storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
         return result
@@ -258,65 +297,32 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
 
 @dataclass
 class ValidatedCatalog:
-    """The manifest as a materialised Ray dataset (in the object store, not the driver) with its counts."""
+    """What a dry run found: counts and the first :data:`MAX_LISTED_BAD_ROWS` bad rows."""
 
-    dataset: object  # ray.data.MaterializedDataset of batch_jobs.manifest.ROW_SCHEMA rows
     shards: int
     rows: int
     bad: int
-    bad_rows: list[dict]  # the first MAX_LISTED_BAD_ROWS of them
+    bad_rows: list[dict]
     duplicates: int
-
-    def valid(self, skip=None):
-        """The valid rows (lazily), without the products in ``skip`` (an object ref or set of product ids)."""
-        from batch_jobs.manifest import valid_rows
-
-        ds = self.dataset.map_batches(valid_rows, batch_size=None, batch_format="pyarrow", num_cpus=0.1)
-        if skip is None:
-            return ds
-        return ds.map_batches(_skip_done, batch_size=None, batch_format="pyarrow", fn_kwargs={"done": skip}, num_cpus=0.1)
-
-
-def _skip_done(batch, done):
-    """Ray Data ``map_batches`` function: the rows whose ``product_id`` is not in ``done`` (an object ref of a
-    list of ids, fetched once per worker process)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import ray
-
-    key = done.hex() if isinstance(done, ray.ObjectRef) else id(done)
-    if _DONE_CACHE.get("key") != key:
-        _DONE_CACHE.update(key=key, ids=pa.array(ray.get(done) if isinstance(done, ray.ObjectRef) else done,
-                                                 pa.string()))
-    return batch.filter(pc.invert(pc.is_in(batch.column("product_id"), value_set=_DONE_CACHE["ids"])))
-
-
-_DONE_CACHE: dict = {}
 
 
 def validated_catalog(catalog: str, check_images: bool = False, timeout_s: float = 10.0,
                       rows_per_block: int | None = None) -> ValidatedCatalog:
-    r"""Read and validate every shard of ``catalog`` in Ray tasks (:mod:`batch_jobs.manifest`), mark the
-    repeated ``product_id``\s, optionally check that every image exists; only counts and the first
-    :data:`MAX_LISTED_BAD_ROWS` bad rows come to the driver.
+    r"""Read and validate every shard of ``catalog`` in Ray tasks (:func:`batch_jobs.manifest.catalog_rows`),
+    mark the repeated ``product_id``\s, optionally check that every image exists; only counts and the first
+    :data:`MAX_LISTED_BAD_ROWS` bad rows come to the driver. Embeds nothing.
 
     Raises:
         ManifestError: ``catalog`` names no shard.
     """
-    from batch_jobs.manifest import ROWS_PER_BLOCK, bad_row, bad_rows, duplicate_winners, mark_duplicates, read_catalog
-
-    shards = list_shards(catalog)
-    parsed = read_catalog(catalog, rows_per_block=rows_per_block or ROWS_PER_BLOCK, **worker_runtime_env()).materialize()
-    winners = duplicate_winners(parsed, partitions=max(2, min(32, len(shards))))
-    ds = parsed.map_batches(mark_duplicates, batch_size=None, batch_format="pyarrow", fn_kwargs={"winners": winners,
-                                                                               "shards": shards}, num_cpus=0.1)
+    rows, shards = catalog_rows(catalog, rows_per_block=rows_per_block or ROWS_PER_BLOCK, **worker_runtime_env())
     if check_images:
-        ds = ds.map_batches(check_image_exists, batch_size=None, batch_format="pyarrow", fn_kwargs={"timeout_s": timeout_s},
-                            num_cpus=0.1, **worker_runtime_env())
-    ds = ds.materialize()
-    bad = ds.map_batches(bad_rows, batch_size=None, batch_format="pyarrow", num_cpus=0.1).materialize()
+        rows = rows.map_batches(check_image_exists, batch_size=None, batch_format="pyarrow",
+                                fn_kwargs={"timeout_s": timeout_s}, num_cpus=0.1, **worker_runtime_env())
+    rows = rows.materialize()  # in the object store; the driver holds block references
+    bad = rows.map_batches(bad_rows, batch_size=None, batch_format="pyarrow", num_cpus=0.1).materialize()
     listed = [bad_row(r) for r in bad.take(MAX_LISTED_BAD_ROWS)]
-    return ValidatedCatalog(dataset=ds, shards=len(shards), rows=ds.count(), bad=bad.count(), bad_rows=listed,
+    return ValidatedCatalog(shards=len(shards), rows=rows.count(), bad=bad.count(), bad_rows=listed,
                             duplicates=sum(1 for r in listed if r["reason"].startswith("duplicate product_id")))
 
 
@@ -377,17 +383,46 @@ def _target_version(index: str, info: IndexInfo, options: IngestOptions):
     return current, None
 
 
-def _run_pipeline(ray, ds, options: IngestOptions, sink, concurrency: int = 1) -> None:
-    """valid manifest rows → load/decode/hash (tasks) → CLIP embed (actor pool) → ``concurrency`` index writers."""
-    from batch_jobs.stages import EmbedImages, load_images
+def load_images_here(batch, **kwargs):
+    """:func:`batch_jobs.stages.load_images`, plus the ``loaded_on`` column naming this Ray node (the report's
+    ``nodes``)."""
+    import numpy as np
 
-    ds = ds.map_batches(load_images, batch_size=options.batch_size, batch_format="numpy",
+    from batch_jobs.datasink import this_node
+    from batch_jobs.stages import load_images
+
+    out = load_images(batch, **kwargs)
+    return out | {"loaded_on": np.full(len(out["error"]), this_node(), dtype=object)}
+
+
+class EmbedImagesHere:
+    """:class:`batch_jobs.stages.EmbedImages` (same arguments), plus the ``embedded_on`` column naming this Ray
+    node (the report's ``nodes``)."""
+
+    def __init__(self, **kwargs):
+        from batch_jobs.datasink import this_node
+        from batch_jobs.stages import EmbedImages
+
+        self.embed, self.node = EmbedImages(**kwargs), this_node()
+
+    def __call__(self, batch):
+        import numpy as np
+
+        out = self.embed(batch)
+        return out | {"embedded_on": np.full(len(out["error"]), self.node, dtype=object)}
+
+
+def _run_pipeline(ray, ds, options: IngestOptions, sink, concurrency: int = 1) -> None:
+    """manifest rows (bad ones pass through to the sink's report) → load/decode/hash (tasks) → CLIP embed
+    (actor pool) → ``concurrency`` index writers, as one streaming execution: the CLIP actors load their
+    model while the first blocks are parsed and decoded."""
+    ds = ds.map_batches(load_images_here, batch_size=options.batch_size, batch_format="numpy",
                         fn_kwargs={"model": options.model, "max_bytes": options.max_image_bytes,
                                    "timeout_s": options.fetch_timeout_s},
                         num_cpus=options.load_num_cpus,
                         compute=ray.data.TaskPoolStrategy(size=options.load_concurrency),
                         **worker_runtime_env())
-    ds = ds.map_batches(EmbedImages, batch_size=options.batch_size, batch_format="numpy",
+    ds = ds.map_batches(EmbedImagesHere, batch_size=options.batch_size, batch_format="numpy",
                         fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
                                                "runtime": options.runtime,
                                                "num_threads": options.embed_threads},

@@ -1,7 +1,7 @@
 """Ingestion stages as plain Python on column batches (no Ray import; Ray Data calls them in pipeline.py).
 
 reader (manifest rows) → :func:`load_images` (fetch, decode, pHash, CLIP preprocessing) →
-:class:`EmbedImages` (CLIP forward) → :func:`to_index_rows` (the index's Arrow schema). A row whose image
+:class:`EmbedImages` (CLIP forward) → :func:`index_table` (the index's Arrow schema, in the sink). A row whose image
 cannot be read or decoded carries its reason in ``error`` and is dropped from the index by the sink, which
 reports it.
 """
@@ -16,8 +16,8 @@ import pyarrow as pa
 from serve_app import storage
 from serve_app.embedding import ClipEmbedder, load_embedder, load_processor
 from serve_app.images import DECODE_MIN_SIDE, decode_image
-from serve_app.index.base import product_table
 from serve_app.phash import phash64
+from serve_app.preprocess import ClipGeometry, clip_batch, geometry_of_folder
 
 Batch = dict[str, np.ndarray]
 
@@ -28,6 +28,21 @@ def _processor_embedder(model: str) -> ClipEmbedder:
     return ClipEmbedder(model=None, processor=load_processor(model), model_id=model)
 
 
+@functools.lru_cache(maxsize=2)
+def _geometry(model: str) -> ClipGeometry | None:
+    """The model's CLIP resize/crop, read from its folder's JSON when it is local (no ``transformers`` import:
+    the load tasks then start in well under a second), else from its loaded processor; ``None`` when the
+    processor is not CLIP's (its own code then runs)."""
+    return geometry_of_folder(model) or _processor_embedder(model).geometry
+
+
+def _preprocess(model: str, image) -> np.ndarray:
+    geometry = _geometry(model)
+    if geometry is not None:
+        return clip_batch([image], geometry)[0]
+    return _processor_embedder(model).preprocess([image])[0]
+
+
 def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_BYTES,
                 timeout_s: float = storage.DEFAULT_TIMEOUT_S) -> Batch:
     """Fetch and decode each row's ``image``, hash it and preprocess it for CLIP.
@@ -36,25 +51,34 @@ def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_B
     ``error``), never the batch: a NUL byte in a path, a malformed URL or a decoder crash costs one row.
 
     Args:
-        batch: columns of :class:`serve_app.catalog.Product` rows (``image`` is a full URI).
+        batch: columns of :class:`serve_app.catalog.Product` rows (``image`` is a full URI); an ``error``
+            column, when present, marks rows that are bad already (a manifest row that failed validation):
+            they are passed on untouched, not fetched.
         model: hub id or folder whose image processor to use (the same as the embedding model's).
 
     Returns:
         The input columns plus ``phash`` (int64), ``pixels`` (uint8 ``(N, 3, 224, 224)``, zeros for
         failed rows) and ``error`` (``""`` or the reason the row failed).
     """
-    embedder = _processor_embedder(model)
-    side = max(DECODE_MIN_SIDE, embedder.input_side)
+    geometry = _geometry(model)
+    if geometry is not None:
+        side, shape = max(DECODE_MIN_SIDE, geometry.size), (3, geometry.crop, geometry.crop)
+    else:
+        embedder = _processor_embedder(model)
+        side, shape = max(DECODE_MIN_SIDE, embedder.input_side), embedder.preprocess([]).shape[1:]
     n = len(batch["product_id"])
-    pixels = np.zeros((n,) + embedder.preprocess([]).shape[1:], np.uint8)  # [N, 3, H, W]
+    pixels = np.zeros((n,) + tuple(shape), np.uint8)  # [N, 3, H, W]
     phashes = np.zeros(n, np.int64)
-    errors = np.array([""] * n, dtype=object)
+    incoming = batch.get("error")
+    errors = np.array([""] * n if incoming is None else [_str_or_none(e) or "" for e in incoming], dtype=object)
     for i, uri in enumerate(batch["image"]):
+        if errors[i]:
+            continue
         try:
             image = decode_image(storage.read_bytes(str(uri), max_bytes=max_bytes, timeout_s=timeout_s),
                                  min_side=side)
             phashes[i] = phash64(image)
-            pixels[i] = embedder.preprocess([image])[0]
+            pixels[i] = _preprocess(model, image)
         except Exception as e:  # noqa: BLE001 - one row's failure, whatever it is, is that row's reason
             errors[i] = f"{type(e).__name__}: {str(e)[:500]}"
     return dict(batch) | {"phash": phashes, "pixels": pixels, "error": errors}
@@ -96,17 +120,64 @@ def _attributes_json(value: Any) -> str:
 
 
 def to_index_rows(batch: dict[str, list], dim: int) -> pa.Table:
-    """Good rows of an embedded batch as an Arrow table in :func:`serve_app.index.base.row_schema`.
+    """Good rows (empty ``error``) of an embedded batch as an Arrow table in
+    :func:`serve_app.index.base.row_schema` (:func:`index_table` on the batch's columns).
 
     Args:
-        batch: columns from :class:`EmbedImages` as Python lists (``vector`` as lists/arrays of floats).
+        batch: columns from :class:`EmbedImages` as lists or arrays (``vector`` as lists/arrays of floats).
         dim: embedding dimension.
     """
     good = [i for i, e in enumerate(batch["error"]) if not e]
-    pick = lambda col: [batch[col][i] if col in batch else None for i in good]  # noqa: E731
+    columns = {}
+    for name in ("product_id", "title", "category", "brand", "image"):
+        if name in batch:
+            columns[name] = pa.array([_str_or_none(batch[name][i]) for i in good], pa.string())
+    if "attributes" in batch:
+        columns["attributes"] = pa.array([_attributes_json(batch["attributes"][i]) for i in good], pa.string())
+    if "price" in batch:
+        columns["price"] = pa.array([None if _missing(batch["price"][i]) else float(batch["price"][i]) for i in good],
+                                    pa.float64())
+    columns["phash"] = pa.array(np.asarray([batch["phash"][i] for i in good], np.int64))
     vectors = np.asarray([batch["vector"][i] for i in good], np.float32).reshape(-1, dim)
-    strings = lambda col: [_str_or_none(v) for v in pick(col)]  # noqa: E731
-    return product_table(strings("product_id"), vectors, np.asarray(pick("phash"), np.int64),
-                         title=strings("title"), category=strings("category"), brand=strings("brand"),
-                         price=[None if _missing(p) else float(p) for p in pick("price")],
-                         image_url=strings("image"), attributes=[_attributes_json(a) for a in pick("attributes")])
+    return index_table(pa.table(columns), vectors, dim)
+
+
+def _string_column(table: pa.Table, name: str) -> pa.Array:
+    """Column ``name`` as Arrow strings (all null when absent, or when Ray Data typed an all-null column as
+    null or float)."""
+    if name not in table.column_names:
+        return pa.nulls(table.num_rows, pa.string())
+    column = table.column(name).combine_chunks()
+    if pa.types.is_null(column.type) or pa.types.is_floating(column.type):
+        return pa.nulls(table.num_rows, pa.string())
+    return column.cast(pa.string())
+
+
+def index_table(good: pa.Table, vectors: np.ndarray, dim: int) -> pa.Table:
+    """Embedded rows (all good: no ``error``) as an Arrow table in :func:`serve_app.index.base.row_schema`,
+    column by column (no per-row Python: the sink's cost per block stays a few Arrow casts).
+
+    Args:
+        good: the sink's block rows (columns of :class:`EmbedImages` output; ``image`` becomes ``image_url``).
+        vectors: float32 ``(N, D)``, row ``i`` the embedding of ``good``'s row ``i``.
+        dim: embedding dimension ``D``.
+    """
+    import pyarrow.compute as pc
+
+    from serve_app.index.base import row_schema
+
+    n = good.num_rows
+    price = good.column("price").combine_chunks().cast(pa.float64()) if "price" in good.column_names \
+        else pa.nulls(n, pa.float64())
+    if n:
+        price = pc.if_else(pc.is_nan(price), pa.scalar(None, pa.float64()), price)  # Ray Data's NaN for a null
+    attributes = pc.fill_null(_string_column(good, "attributes"), "{}")
+    if vectors.dtype == object:  # a list column: one array per row
+        vectors = np.stack(vectors) if n else np.zeros((0, dim), np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(n, dim)
+    return pa.table({"product_id": _string_column(good, "product_id"), "title": _string_column(good, "title"),
+                     "category": _string_column(good, "category"), "brand": _string_column(good, "brand"),
+                     "price": price, "image_url": _string_column(good, "image"), "attributes": attributes,
+                     "phash": good.column("phash").combine_chunks().cast(pa.int64()),
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)},
+                    schema=row_schema(dim))

@@ -7,7 +7,9 @@ at the sizes N give, by least squares ``t = fixed + N / marginal``: the fixed co
 load, first block) and the marginal images/s, which is compared with the CPU limit on these cores,
 ``1 / (1/bare + preprocess_s/cores)`` (bare: the batch-16 forward on pre-processed pixels in this process;
 preprocess_s: decode + CLIP preprocessing of one image on one core). Rows cycle over the benchmark's few
-thousand real images with distinct product ids. Prints JSON.
+thousand real images with distinct product ids. ``ray_floor_s`` is what Ray alone costs in the same run: start
+a local Ray, run a task stage and a one-actor pool over 1,000 trivial rows, shut down (the fixed cost can not
+be lower than that). Each run's ``phases`` come from its report. Prints JSON.
 
     python benchmarks/ingest_scale.py                      # tiny 1k/4k/16k, base bfloat16 1k/3k, validate 1M
     python benchmarks/ingest_scale.py --tiny 1000 --base "" --validate-rows 0
@@ -70,6 +72,29 @@ def timed(command: list[str]) -> dict:
             "report": body}
 
 
+RAY_FLOOR = """
+import os, time
+os.environ["RAY_AUTH_MODE"] = "disabled"
+import numpy as np, ray
+
+class Same:
+    def __call__(self, batch):
+        return batch
+
+ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+ray.data.range(1000, override_num_blocks=8).map_batches(lambda b: b, num_cpus=0.25).map_batches(
+    Same, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=0.5).materialize()
+ray.shutdown()
+"""
+
+
+def ray_floor() -> float:
+    """Seconds for a local Ray to start, run a two-stage Ray Data pipeline (a task stage and a one-actor pool,
+    the shape of the ingestion) on 1,000 trivial rows, and shut down, as one process: what any ingestion costs
+    here before it loads a model or an image."""
+    return timed([sys.executable, "-c", RAY_FLOOR])["seconds"]
+
+
 def fit(points: list[tuple[int, float]]) -> dict:
     n, t = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
     slope, intercept = np.polyfit(n, t, 1) if len(points) > 1 else (t[0] / n[0], 0.0)
@@ -111,7 +136,8 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    result = {"machine_cpus": os.cpu_count()}
+    result = {"machine_cpus": os.cpu_count(), "ray_floor_s": ray_floor()}
+    print(json.dumps({"ray_floor_s": result["ray_floor_s"]}), file=sys.stderr)
     if args.validate_rows:
         folder = manifest_of(workdir, args.validate_rows, shards=10)
         run = timed([sys.executable, "-m", "batch_jobs", "validate", "--catalog", str(folder)])
@@ -131,7 +157,7 @@ def main() -> None:
             run = timed([sys.executable, "-m", "batch_jobs", "ingest", "--catalog", str(manifest), "--index",
                          str(index), "--model", model, "--dtype", dtype])
             runs.append({"n": n, "seconds": run["seconds"], "driver_peak_rss_mib": run["driver_peak_rss_mib"],
-                         "indexed": run["report"].get("indexed"),
+                         "indexed": run["report"].get("indexed"), "phases": run["report"].get("phases"),
                          "end_to_end_images_per_s": round(n / run["seconds"], 1)})
             print(json.dumps({label: runs[-1]}), file=sys.stderr)
         measured = bare_and_preprocess(model, dtype, manifest_of(workdir, min(sizes)))

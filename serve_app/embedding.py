@@ -9,6 +9,7 @@ through the same preprocessing, precision and normalisation. Embeddings are floa
 
 import contextlib
 import functools
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -298,6 +299,25 @@ def load_model_config(model: str, check_processor: bool = True):
         return _from_pretrained(CLIPConfig, model)
     except Exception as e:
         raise ModelLoadError(_load_hint(model, e)) from e
+
+
+def projection_dim(model: str) -> int:
+    """The embedding dimension ``D`` of a CLIP hub id or folder (``projection_dim``, 512 for ViT-B/32).
+
+    A local folder's ``config.json`` is read as JSON (no ``transformers`` import, which costs seconds of start-up
+    where only this number is needed); anything else goes through :func:`load_model_config`.
+
+    Raises:
+        ModelLoadError: the config cannot be loaded.
+    """
+    if _is_local(model):
+        try:
+            config = json.loads((Path(model).expanduser() / "config.json").read_text())
+            if config.get("model_type") == "clip" and isinstance(config.get("projection_dim"), int):
+                return config["projection_dim"]
+        except (OSError, ValueError, AttributeError):
+            pass  # load_model_config below says what is wrong
+    return int(load_model_config(model, check_processor=False).projection_dim)
 
 
 def load_embedder(model: str = DEFAULT_MODEL, dtype: str = "float32", runtime: str = "torch",

@@ -16,7 +16,9 @@ few grey levels of the Hugging Face processor's (``benchmarks/preprocess_speed.p
 and the embedding cosine; ``tests/test_preprocess.py`` checks them).
 """
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -51,12 +53,52 @@ class ClipGeometry:
             ValueError: the processor does not resize a shortest edge then centre-crop a square (not CLIP's
                 preprocessing; this module would not reproduce it).
         """
-        size, crop = dict(image_processor.size), dict(image_processor.crop_size)
-        if not size.get("shortest_edge") or not getattr(image_processor, "do_center_crop", True) or \
+        return cls.from_config({"size": dict(image_processor.size), "crop_size": dict(image_processor.crop_size),
+                                "do_center_crop": getattr(image_processor, "do_center_crop", True),
+                                "resample": image_processor.resample})
+
+    @classmethod
+    def from_config(cls, config: dict) -> "ClipGeometry":
+        """Read the geometry from an image processor's saved config (``preprocessor_config.json``: ``size``
+        ``{"shortest_edge": n}`` or an int, ``crop_size`` ``{"height", "width"}`` or an int, ``resample``).
+
+        Raises:
+            ValueError: not a shortest-edge resize followed by a square centre crop.
+        """
+        size, crop = config.get("size"), config.get("crop_size")
+        size = {"shortest_edge": size} if isinstance(size, int) else dict(size or {})
+        crop = {"height": crop, "width": crop} if isinstance(crop, int) else dict(crop or {})
+        if not size.get("shortest_edge") or not config.get("do_center_crop", True) or not crop.get("height") or \
                 crop.get("height") != crop.get("width"):
             raise ValueError(f"expected a CLIP processor (shortest_edge resize + square centre crop), got size={size} "
                              f"crop_size={crop}")
-        return cls(int(size["shortest_edge"]), int(crop["height"]), int(image_processor.resample or Image.BICUBIC))
+        return cls(int(size["shortest_edge"]), int(crop["height"]), int(config.get("resample") or Image.BICUBIC))
+
+
+def geometry_of_folder(folder: str) -> ClipGeometry | None:
+    """The :class:`ClipGeometry` a local model folder's saved image processor config describes, read as JSON
+    (no ``transformers`` import: a worker that only decodes and crops images starts in a fraction of a second).
+
+    Looks for ``preprocessor_config.json`` (the image processor's own file) or the ``image_processor`` entry of
+    ``processor_config.json`` (how ``CLIPProcessor.save_pretrained`` writes it in transformers 5).
+
+    Returns:
+        The geometry, or ``None`` when ``folder`` is not a local folder with such a file, the file cannot be
+        read, or it is not CLIP's preprocessing (callers then load the processor itself).
+    """
+    root = Path(folder).expanduser()
+    for name, key in (("preprocessor_config.json", None), ("processor_config.json", "image_processor")):
+        try:
+            config = json.loads((root / name).read_text())
+        except (OSError, ValueError):
+            continue
+        config = config.get(key) if key else config
+        if isinstance(config, dict):
+            try:
+                return ClipGeometry.from_config(config)
+            except (ValueError, TypeError):
+                return None
+    return None
 
 
 def crop_box(width: int, height: int, geometry: ClipGeometry) -> tuple[float, float, float, float]:
