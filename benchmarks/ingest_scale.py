@@ -63,9 +63,10 @@ def timed(command: list[str]) -> dict:
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if out.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(command)} failed ({out.returncode}): {out.stderr[-2000:]}")
-    try:
-        body = json.loads(out.stdout)
-    except json.JSONDecodeError:
+    try:  # the command's JSON starts at its first line that opens an object (the raylet may warn on stdout first)
+        lines = out.stdout.splitlines()
+        body = json.loads("\n".join(lines[next(i for i, x in enumerate(lines) if x.startswith("{")):]))
+    except (StopIteration, json.JSONDecodeError):
         body = {}
     # ru_maxrss of the children is the largest one so far: measure the smallest catalog first.
     return {"seconds": round(seconds, 2), "driver_peak_rss_mib": round(max(peak, before) / 1024, 1),
