@@ -13,21 +13,20 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from batch_jobs.manifest import ALREADY_INDEXED
+from batch_jobs.manifest import ALREADY_INDEXED, MAX_LISTED_BAD_ROWS
 from batch_jobs.stages import index_table
 from serve_app import storage
 from serve_app.index import IndexInfo, open_index
 from serve_app.phash import hamming_matrix
 
 
-MAX_LISTED_FAILURES = 10_000  # failed rows one write task lists (all are counted)
 NODE_COLUMNS = {"loaded_on": "load", "embedded_on": "embed"}  # per-row node columns the pipeline adds, by stage
 
 
 @dataclass
 class SinkResult:
     """What one write task did: rows seen, rows upserted, rows that failed (counted; the first
-    :data:`MAX_LISTED_FAILURES` listed with reasons), rows a resumed run had indexed already, and the rows each
+    :data:`MAX_LISTED_BAD_ROWS` listed with reasons), rows a resumed run had indexed already, and the rows each
     stage handled per Ray node."""
 
     rows: int = 0
@@ -43,14 +42,14 @@ class SinkResult:
         self.written += other.written
         self.failed_count += other.failed_count
         self.already_indexed += other.already_indexed
-        self.failed += other.failed[:max(0, MAX_LISTED_FAILURES - len(self.failed))]
+        self.failed += other.failed[:max(0, MAX_LISTED_BAD_ROWS - len(self.failed))]
         self.near_duplicates += other.near_duplicates
         for stage, counts in other.nodes.items():
             self.nodes.setdefault(stage, Counter()).update(counts)
 
     def fail(self, entry: dict) -> None:
         self.failed_count += 1
-        if len(self.failed) < MAX_LISTED_FAILURES:
+        if len(self.failed) < MAX_LISTED_BAD_ROWS:
             self.failed.append(entry)
 
 

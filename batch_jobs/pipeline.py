@@ -12,8 +12,10 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
+from pathlib import Path
 
-from batch_jobs.manifest import ROWS_PER_BLOCK, bad_row, bad_rows, catalog_rows, list_shards, mark_done
+from batch_jobs.manifest import (MAX_LISTED_BAD_ROWS, ROWS_PER_BLOCK, bad_row, bad_rows, catalog_rows, list_shards,
+                                 mark_done)
 from serve_app import storage
 from serve_app.index import IndexInfo, create_version, is_opensearch, lease, open_index
 from serve_app.index.lease import DEFAULT_TTL_S, DEFAULT_WAIT_S
@@ -23,7 +25,6 @@ log = logging.getLogger("visual_search.ingest")
 # one bad row in ten means something is wrong with the catalog or its storage (expired credentials, a moved
 # bucket), and swapping the alias to a gutted index would be worse than keeping the previous one.
 DEFAULT_MAX_BAD_FRACTION = 0.1
-MAX_LISTED_BAD_ROWS = 10_000  # bad rows listed in the report (all are counted)
 
 
 @dataclass
@@ -91,7 +92,7 @@ class IngestOptions:
 
         from serve_app.embedding import DEFAULT_MODEL
 
-        config = (yaml.safe_load(open(path).read()) or {}) if path else {}
+        config = (yaml.safe_load(Path(path).read_text()) or {}) if path else {}
         valid = {f.name for f in fields(cls)}
         unknown = set(config) - valid
         if unknown:

@@ -16,23 +16,24 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.ingress import TextQuery
 
+# num_cpus 0: the floor graph is deployed beside the full app, which asks for all of a 2-core node's CPUs.
 floor_api = FastAPI(title="Serve floor")
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class NoopEncoder:
     def embed(self, payload) -> np.ndarray:
         return np.full((1, 512), 0.044, np.float32)  # the shape of a CLIP query embedding
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class NoopRetriever:
     def search(self, vector: np.ndarray) -> list[dict]:
         return [{"product_id": f"p{i}", "title": "a product", "category": "c", "brand": None, "price": 9.5,
                  "image_url": f"/img/{i}.png", "score": float(vector[0, 0])} for i in range(10)]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.05}, max_ongoing_requests=200)
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
 @serve.ingress(floor_api)
 class FloorIngress:
     def __init__(self, stages: list[DeploymentHandle]):
