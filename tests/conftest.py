@@ -16,6 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from serve_app.serve_env import apply_serve_env  # noqa: E402
 
 apply_serve_env()  # the Ray Serve settings the service runs with, before any Ray process starts
+# With HAProxy in front, Ray Serve keeps a stopping ingress replica answering for 30 s (and the controller's
+# shutdown waits for it) so an external load balancer can stop sending to it; the test cluster has none, and
+# those 30 s were most of the session's teardown.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "1")
 for _var in ("VS_MODEL", "VS_INDEX", "VS_DTYPE"):  # the tests pass their own model and index
     os.environ.pop(_var, None)
 # moto's fake S3 credentials, set before Ray starts: credentials reach Ray workers only through the environment

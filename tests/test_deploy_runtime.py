@@ -206,8 +206,7 @@ def test_ingestion_actors_ask_ray_for_the_configured_gpus(ray_session, sample_ro
     finds no CUDA on this machine and embeds on CPU)."""
     import ray.data
 
-    from batch_jobs.pipeline import IngestOptions, ingest
-    from batch_jobs.stages import EmbedImages
+    from batch_jobs.pipeline import EmbedImagesHere, IngestOptions, ingest
 
     calls, original = [], ray.data.Dataset.map_batches
 
@@ -220,6 +219,6 @@ def test_ingestion_actors_ask_ray_for_the_configured_gpus(ray_session, sample_ro
     catalog.write_text("".join(json.dumps(r) + "\n" for r in sample_rows[:4]))
     options = IngestOptions(model=tiny_model, batch_size=4, embed_num_gpus=1, fetch_timeout_s=2.0)
     report = ingest(str(catalog), str(tmp_path / "index"), options)
-    embed = [kwargs for fn, kwargs in calls if fn is EmbedImages]
+    embed = [kwargs for fn, kwargs in calls if fn is EmbedImagesHere]  # the CLIP actor pool's callable class
     assert len(embed) == 1 and embed[0]["num_gpus"] == 1
     assert report.indexed == 4 and report.skipped == 0
