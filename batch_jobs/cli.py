@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from batch_jobs.pipeline import MODES
 from serve_app import storage
 from serve_app.embedding import DEFAULT_MODEL, DTYPES, RUNTIMES

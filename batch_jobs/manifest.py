@@ -148,6 +148,11 @@ def parse_shard(batch: dict[str, np.ndarray], rows_per_block: int = ROWS_PER_BLO
             yield table.slice(start, rows_per_block)
 
 
+def replaced_by(shard: str, line: int) -> str:
+    """The reason given for a row whose ``product_id`` a later row (``shard``, ``line``) replaces."""
+    return f"duplicate product_id; {shard} line {line} replaces it"
+
+
 def mark_repeats_within(table: pa.Table) -> pa.Table:
     """Rows of one shard (``ROW_SCHEMA``, in line order) whose valid ``product_id`` occurs again further down get
     ``error`` naming the line that replaces them (a later row updates an earlier one, as in one file)."""
@@ -164,20 +169,17 @@ def mark_repeats_within(table: pa.Table) -> pa.Table:
     errors = table.column("error").to_pylist()
     for i, (pid, line) in enumerate(zip(ids.to_pylist(), table.column("line").to_pylist())):
         if pid in winners and winners[pid] != line:
-            errors[i] = f"duplicate product_id; {table.column('shard')[i].as_py()} line {winners[pid]} replaces it"
+            errors[i] = replaced_by(table.column("shard")[i].as_py(), winners[pid])
     return table.set_column(table.schema.get_field_index("error"), "error", pa.array(errors, pa.string()))
 
 
-def read_catalog(catalog: str, num_cpus: float = 0.25, rows_per_block: int = ROWS_PER_BLOCK, **ray_remote_args):
-    """The validated manifest as a Ray Data dataset of :data:`ROW_SCHEMA` rows (good and bad), lazily, in blocks of
-    up to ``rows_per_block`` rows (``ray_remote_args``: e.g. the runtime_env that points workers at S3).
-
-    Raises:
-        ManifestError: ``catalog`` names no shard (see :func:`list_shards`).
-    """
+def read_catalog(shards: list[str], num_cpus: float = 0.25, rows_per_block: int = ROWS_PER_BLOCK,
+                 **ray_remote_args):
+    """The validated rows of ``shards`` (from :func:`list_shards`) as a Ray Data dataset of :data:`ROW_SCHEMA`
+    rows (good and bad), lazily, in blocks of up to ``rows_per_block`` rows (``ray_remote_args``: e.g. the
+    runtime_env that points workers at S3)."""
     import ray
 
-    shards = list_shards(catalog)
     listing = ray.data.from_items([{"shard": s, "index": i} for i, s in enumerate(shards)],
                                   override_num_blocks=len(shards))
     parsed = listing.map_batches(parse_shard, batch_size=1, batch_format="numpy", num_cpus=num_cpus,
@@ -186,9 +188,10 @@ def read_catalog(catalog: str, num_cpus: float = 0.25, rows_per_block: int = ROW
     return parsed.repartition(target_num_rows_per_block=rows_per_block)
 
 
-def catalog_rows(catalog: str, rows_per_block: int = ROWS_PER_BLOCK, **ray_remote_args):
+def catalog_rows(catalog: str, rows_per_block: int = ROWS_PER_BLOCK, shards: list[str] | None = None,
+                 **ray_remote_args):
     """Every row of ``catalog`` (:data:`ROW_SCHEMA`, good and bad), duplicates marked, as a Ray Data dataset and
-    the shard list.
+    the shard list (``shards``: the listing the caller already made, else the catalog is listed here).
 
     One shard: lazy and streaming (its parse task marks its own repeats). Several: the parsed rows are
     materialised in the object store (not on the driver) and grouped by ``product_id`` once to find the ids
@@ -197,8 +200,8 @@ def catalog_rows(catalog: str, rows_per_block: int = ROWS_PER_BLOCK, **ray_remot
     Raises:
         ManifestError: ``catalog`` names no shard (see :func:`list_shards`).
     """
-    shards = list_shards(catalog)
-    ds = read_catalog(catalog, rows_per_block=rows_per_block, **ray_remote_args)
+    shards = shards if shards is not None else list_shards(catalog)
+    ds = read_catalog(shards, rows_per_block=rows_per_block, **ray_remote_args)
     if len(shards) == 1:
         return ds, shards
     ds = ds.materialize()
@@ -276,9 +279,7 @@ def mark_duplicates(batch: pa.Table, winners: dict[str, int], shards: list[str])
     changed = False
     for i, (pid, order, error) in enumerate(zip(ids, orders, errors)):
         if error is None and pid in winners and winners[pid] != order:
-            winner = winners[pid]
-            errors[i] = (f"duplicate product_id; {shards[winner >> LINE_BITS]} line "
-                         f"{winner & ((1 << LINE_BITS) - 1)} replaces it")
+            errors[i] = replaced_by(shards[winners[pid] >> LINE_BITS], winners[pid] & ((1 << LINE_BITS) - 1))
             changed = True
     if not changed:
         return batch

@@ -228,7 +228,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     from batch_jobs.datasink import IndexDatasink
 
     started = time.perf_counter()
-    list_shards(catalog)  # fail fast (ManifestError) before the lease, Ray and the model
+    shards = list_shards(catalog)  # fail fast (ManifestError) before the lease, Ray and the model
     info = model_info(options.model, options.runtime, options.dtype)
     with lease(index, f"ingest-{uuid.uuid4().hex[:8]}", ttl_s=options.lease_ttl_s,
                wait_s=options.lease_wait_s) as held:
@@ -245,7 +245,8 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         target, done = _target_version(index, info, options)
         result.version = target.version
         result.resumed = {k: done[k] for k in ("version", "products")} if done else None
-        rows, shards = catalog_rows(catalog, rows_per_block=options.rows_per_block, **worker_runtime_env())
+        rows, shards = catalog_rows(catalog, rows_per_block=options.rows_per_block, shards=shards,
+                                    **worker_runtime_env())
         if done:
             rows = rows.map_batches(mark_done, batch_size=None, batch_format="pyarrow",
                                     fn_kwargs={"done": done["product_ids"]}, num_cpus=0.1)

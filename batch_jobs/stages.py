@@ -154,8 +154,9 @@ def _string_column(table: pa.Table, name: str) -> pa.Array:
 
 
 def index_table(good: pa.Table, vectors: np.ndarray, dim: int) -> pa.Table:
-    """Embedded rows (all good: no ``error``) as an Arrow table in :func:`serve_app.index.base.row_schema`,
-    column by column (no per-row Python: the sink's cost per block stays a few Arrow casts).
+    """Embedded rows (all good: no ``error``) as an Arrow table in :func:`serve_app.index.base.row_schema`
+    (:func:`~serve_app.index.base.product_table`), column by column (no per-row Python: the sink's cost per block
+    stays a few Arrow casts).
 
     Args:
         good: the sink's block rows (columns of :class:`EmbedImages` output; ``image`` becomes ``image_url``).
@@ -164,7 +165,7 @@ def index_table(good: pa.Table, vectors: np.ndarray, dim: int) -> pa.Table:
     """
     import pyarrow.compute as pc
 
-    from serve_app.index.base import row_schema
+    from serve_app.index.base import product_table
 
     n = good.num_rows
     price = good.column("price").combine_chunks().cast(pa.float64()) if "price" in good.column_names \
@@ -174,10 +175,7 @@ def index_table(good: pa.Table, vectors: np.ndarray, dim: int) -> pa.Table:
     attributes = pc.fill_null(_string_column(good, "attributes"), "{}")
     if vectors.dtype == object:  # a list column: one array per row
         vectors = np.stack(vectors) if n else np.zeros((0, dim), np.float32)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(n, dim)
-    return pa.table({"product_id": _string_column(good, "product_id"), "title": _string_column(good, "title"),
-                     "category": _string_column(good, "category"), "brand": _string_column(good, "brand"),
-                     "price": price, "image_url": _string_column(good, "image"), "attributes": attributes,
-                     "phash": good.column("phash").combine_chunks().cast(pa.int64()),
-                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)},
-                    schema=row_schema(dim))
+    return product_table(_string_column(good, "product_id"), np.asarray(vectors, np.float32).reshape(n, dim),
+                         good.column("phash").combine_chunks().cast(pa.int64()), title=_string_column(good, "title"),
+                         category=_string_column(good, "category"), brand=_string_column(good, "brand"), price=price,
+                         image_url=_string_column(good, "image"), attributes=attributes)

@@ -8,7 +8,8 @@ caller gets :class:`IsolatedTimeout`. Each worker caps its own address space (``
 over that limit, or a crash in native code — costs that call only (:class:`IsolatedCrash`). A worker is retired
 after ``max_calls`` calls, or as soon as a call leaves it holding more than ``max_rss_bytes`` resident, and
 replaced (like ``multiprocessing.Pool``'s ``maxtasksperchild``): FFmpeg's buffers and the allocator's arenas it
-grew on one large clip are then returned to the system instead of being kept for the life of the replica. The replica itself never runs the decoder.
+grew on one large clip are then returned to the system instead of being kept for the life of the replica.
+The replica itself never runs the decoder.
 
 Protocol on the worker's stdin/stdout: an 8-byte big-endian length, then a pickle; calls are
 ``(module, function, args)``, answers ``(ok, value or exception, the worker's resident bytes after the call)``.

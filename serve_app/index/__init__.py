@@ -85,4 +85,5 @@ def lease(uri: str, run_id: str, ttl_s: float = DEFAULT_TTL_S, wait_s: float = D
 
 
 __all__ = ["Hit", "IndexInfo", "IndexOpenError", "IndexReader", "IndexWriter", "Lease", "LeaseHeld", "LeaseLost",
-           "VectorIndex", "create_version", "is_opensearch", "lease", "open_index", "product_table", "row_schema", "unpublished_versions"]
+           "VectorIndex", "create_version", "is_opensearch", "lease", "open_index", "product_table", "row_schema",
+           "unpublished_versions"]

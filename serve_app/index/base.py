@@ -149,9 +149,10 @@ def product_table(product_ids: list[str], vectors: np.ndarray, phash, **metadata
     """Rows in :func:`row_schema` for ``N`` products, ready for :meth:`VectorIndex.upsert`.
 
     Args:
-        product_ids: ``N`` ids. vectors: float32 ``(N, D)`` L2-normalised embeddings. phash: int64 ``(N,)``.
+        product_ids: ``N`` ids (a list or an Arrow string array). vectors: float32 ``(N, D)`` L2-normalised
+            embeddings. phash: int64 ``(N,)``.
         metadata: columns by name (``title``, ``category``, ``brand``, ``price``, ``image_url``,
-            ``attributes`` as JSON text), ``N`` values each; a column not given is null.
+            ``attributes`` as JSON text), ``N`` values each (lists or Arrow arrays); a column not given is null.
 
     Raises:
         ValueError: a metadata name that is not a column of :func:`row_schema`.
@@ -162,7 +163,8 @@ def product_table(product_ids: list[str], vectors: np.ndarray, phash, **metadata
     unknown = sorted(set(metadata) - set(names))
     if unknown:
         raise ValueError(f"unknown product columns {unknown}; the columns are {names}")
-    columns = {"product_id": list(product_ids)} | {f: metadata.get(f, [None] * n) for f in names}
+    ids = product_ids if isinstance(product_ids, (pa.Array, pa.ChunkedArray)) else list(product_ids)
+    columns = {"product_id": ids} | {f: metadata.get(f, [None] * n) for f in names}
     return pa.table(columns | {"phash": np.asarray(phash, dtype=np.int64),
                                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)},
                     schema=row_schema(dim))
