@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from serve_app.images import DECODE_MIN_SIDE, ImageLimitError, decode_image
-from serve_app.preprocess import ClipGeometry, clip_pixels, crop_box
+from serve_app.preprocess import DRAFT_MARGIN, ClipGeometry, clip_pixels, crop_box
 from serve_app.query_image import CropError, parse_crop, prepare_query_image
 
 OPENCV_DATA = Path("/usr/share/doc/opencv-doc/examples/data")
@@ -72,10 +72,13 @@ def test_product_jpegs_stay_within_grey_levels_and_cosine_of_the_hf_path(embedde
     assert cosine.min() >= 0.999, cosine.min()
 
 
-def test_large_jpegs_are_decoded_at_a_reduced_scale_only_while_they_stay_twice_the_model_input():
+def test_large_jpegs_are_decoded_at_the_smallest_libjpeg_scale_that_keeps_the_margin():
+    # libjpeg scales by 1/2, 1/4 or 1/8; the short side must stay >= DRAFT_MARGIN x 224 = 280 px
+    assert DRAFT_MARGIN * DECODE_MIN_SIDE == 280
     big = _jpeg(Image.new("RGB", (3200, 2400), (120, 30, 200)))
-    image = decode_image(big, min_side=DECODE_MIN_SIDE)
-    assert min(image.size) >= 2 * DECODE_MIN_SIDE and image.size == (800, 600)  # 1/4 scale
+    assert decode_image(big, min_side=DECODE_MIN_SIDE).size == (400, 300)  # 1/8: 300 >= 280
+    assert decode_image(_jpeg(Image.new("RGB", (2000, 1500))), min_side=DECODE_MIN_SIDE).size == (500, 375)  # 1/8 < 280
+    assert decode_image(_jpeg(Image.new("RGB", (800, 500))), min_side=DECODE_MIN_SIDE).size == (800, 500)  # 1/2 < 280
     assert decode_image(big).size == (3200, 2400)  # no min_side: full size (thumbnails ask their own)
 
 
