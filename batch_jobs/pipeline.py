@@ -41,6 +41,9 @@ class IngestOptions:
     embed_threads: int | None = None
     load_num_cpus: float = 0.25
     load_concurrency: int = 2
+    # fetch/decode/preprocess inside the CLIP actors (LoadAndEmbed) instead of separate load tasks; None: when
+    # the actors run on CPU (embed_num_gpus 0), where the two would otherwise compete for the same cores
+    load_in_embed_actor: bool | None = None
     max_image_bytes: int = storage.DEFAULT_MAX_BYTES
     fetch_timeout_s: float = storage.DEFAULT_TIMEOUT_S
     ann_min_rows: int = 50_000
@@ -103,6 +106,11 @@ class IngestOptions:
         config |= {k: v for k, v in overrides.items() if v is not None}
         config.setdefault("model", DEFAULT_MODEL)
         return cls(**config)
+
+    @property
+    def loads_in_embed_actor(self) -> bool:
+        """Whether the CLIP actors load their own images (:class:`batch_jobs.stages.LoadAndEmbed`)."""
+        return self.embed_num_gpus == 0 if self.load_in_embed_actor is None else self.load_in_embed_actor
 
     def index_options(self, uri: str) -> dict:
         """Backend settings for index ``uri`` (HNSW parameters for OpenSearch, the ANN threshold for LanceDB)."""
@@ -414,20 +422,37 @@ class EmbedImagesHere:
         return out | {"embedded_on": np.full(len(out["error"]), self.node, dtype=object)}
 
 
+class LoadAndEmbedHere(EmbedImagesHere):
+    """:class:`batch_jobs.stages.LoadAndEmbed` (same arguments), plus ``loaded_on`` and ``embedded_on``."""
+
+    def __init__(self, **kwargs):
+        from batch_jobs.datasink import this_node
+        from batch_jobs.stages import LoadAndEmbed
+
+        self.embed, self.node = LoadAndEmbed(**kwargs), this_node()
+
+    def __call__(self, batch):
+        out = super().__call__(batch)
+        return out | {"loaded_on": out["embedded_on"]}
+
+
 def _run_pipeline(ray, ds, options: IngestOptions, sink, concurrency: int = 1) -> None:
     """manifest rows (bad ones pass through to the sink's report) → load/decode/hash (tasks) → CLIP embed
     (actor pool) → ``concurrency`` index writers, as one streaming execution: the CLIP actors load their
-    model while the first blocks are parsed and decoded."""
-    ds = ds.map_batches(load_images_here, batch_size=options.batch_size, batch_format="numpy",
-                        fn_kwargs={"model": options.model, "max_bytes": options.max_image_bytes,
-                                   "timeout_s": options.fetch_timeout_s},
-                        num_cpus=options.load_num_cpus,
-                        compute=ray.data.TaskPoolStrategy(size=options.load_concurrency),
-                        **worker_runtime_env())
-    ds = ds.map_batches(EmbedImagesHere, batch_size=options.batch_size, batch_format="numpy",
-                        fn_constructor_kwargs={"model": options.model, "dtype": options.dtype,
-                                               "runtime": options.runtime,
-                                               "num_threads": options.embed_threads},
+    model while the first blocks are parsed and decoded. With ``options.loads_in_embed_actor`` (CPU actors)
+    the load happens inside the CLIP actors (:class:`LoadAndEmbedHere`) and only manifest rows reach them."""
+    load = {"model": options.model, "max_bytes": options.max_image_bytes, "timeout_s": options.fetch_timeout_s}
+    embed = {"model": options.model, "dtype": options.dtype, "runtime": options.runtime,
+             "num_threads": options.embed_threads}
+    if options.loads_in_embed_actor:  # a call per block: loaded at once by the actor's threads, then embedded
+        actor, kwargs, rows_per_call = LoadAndEmbedHere, embed | load | {"batch_size": options.batch_size}, None
+    else:
+        ds = ds.map_batches(load_images_here, batch_size=options.batch_size, batch_format="numpy", fn_kwargs=load,
+                            num_cpus=options.load_num_cpus,
+                            compute=ray.data.TaskPoolStrategy(size=options.load_concurrency),
+                            **worker_runtime_env())
+        actor, kwargs, rows_per_call = EmbedImagesHere, embed, options.batch_size
+    ds = ds.map_batches(actor, batch_size=rows_per_call, batch_format="numpy", fn_constructor_kwargs=kwargs,
                         num_cpus=options.embed_num_cpus, num_gpus=options.embed_num_gpus,
-                        compute=ray.data.ActorPoolStrategy(size=options.embed_actors))
+                        compute=ray.data.ActorPoolStrategy(size=options.embed_actors), **worker_runtime_env())
     ds.write_datasink(sink, concurrency=concurrency, ray_remote_args={"num_cpus": 0.25} | worker_runtime_env())

@@ -1,13 +1,14 @@
 """Ingestion stages as plain Python on column batches (no Ray import; Ray Data calls them in pipeline.py).
 
 reader (manifest rows) → :func:`load_images` (fetch, decode, pHash, CLIP preprocessing) →
-:class:`EmbedImages` (CLIP forward) → :func:`index_table` (the index's Arrow schema, in the sink). A row whose image
+:class:`EmbedImages` (CLIP forward) — or both in one actor, :class:`LoadAndEmbed` — → :func:`index_table` (the index's Arrow schema, in the sink). A row whose image
 cannot be read or decoded carries its reason in ``error`` and is dropped from the index by the sink, which
 reports it.
 """
 
 import functools
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -91,17 +92,60 @@ class EmbedImages:
         model: hub id or local folder. dtype, runtime: see :func:`serve_app.embedding.load_embedder`.
         num_threads: torch intra-op threads for this actor (``None``: every core; the actor asks Ray for a
             fraction of a CPU but uses every core while the forward runs).
+        batch_size: images per forward; a larger batch is embedded in forwards of this many (``None``: one).
     """
 
-    def __init__(self, model: str, dtype: str = "float32", runtime: str = "torch", num_threads: int | None = None):
+    def __init__(self, model: str, dtype: str = "float32", runtime: str = "torch", num_threads: int | None = None,
+                 batch_size: int | None = None):
         self.embedder = load_embedder(model, dtype=dtype, runtime=runtime, num_threads=num_threads)
+        self.batch_size = batch_size  # images per forward (None: the whole batch in one)
 
     def __call__(self, batch: Batch) -> Batch:
         good = np.flatnonzero(np.asarray(batch["error"]) == "")
         vectors = np.zeros((len(batch["error"]), self.embedder.dim), np.float32)
-        vectors[good] = self.embedder.embed_pixels(batch["pixels"][good])  # [n_good, D]
+        step = self.batch_size or max(1, len(good))
+        for start in range(0, len(good), step):
+            rows = good[start:start + step]
+            vectors[rows] = self.embedder.embed_pixels(batch["pixels"][rows])  # [n, D]
         out = {k: v for k, v in batch.items() if k != "pixels"}
         return out | {"vector": vectors}
+
+
+class LoadAndEmbed:
+    """Callable class for an actor pool: :func:`load_images` and :class:`EmbedImages` in one actor, for CPU nodes.
+
+    Each batch is first fetched, decoded, hashed and preprocessed by ``load_threads`` threads (Pillow, the
+    storage reads and NumPy release the GIL for most of that work), then embedded by torch's threads: the two
+    phases take turns on the same cores instead of competing for them, and the pixels (150 KB an image) never
+    pass through the object store. On a GPU node the separate load tasks (:func:`load_images` in a task pool)
+    are better: they spread over CPU-only nodes and overlap the accelerator's forward.
+
+    Args:
+        model, dtype, runtime, num_threads, batch_size: see :class:`EmbedImages` (a call may bring a whole block
+            of rows: it is loaded at once and embedded in forwards of ``batch_size``).
+        load_threads: threads that load a batch (``None``: ``num_threads``, else every core).
+        max_bytes, timeout_s: see :func:`load_images`.
+    """
+
+    LOAD_CHUNK = 8  # rows per thread-pool item: more items than threads even out large and small images
+
+    def __init__(self, model: str, dtype: str = "float32", runtime: str = "torch", num_threads: int | None = None,
+                 batch_size: int | None = None, load_threads: int | None = None,
+                 max_bytes: int = storage.DEFAULT_MAX_BYTES, timeout_s: float = storage.DEFAULT_TIMEOUT_S):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.embed = EmbedImages(model, dtype=dtype, runtime=runtime, num_threads=num_threads, batch_size=batch_size)
+        self.threads = max(1, load_threads or num_threads or os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="load")
+        self.load = functools.partial(load_images, model=model, max_bytes=max_bytes, timeout_s=timeout_s)
+
+    def __call__(self, batch: Batch) -> Batch:
+        n = len(batch["product_id"])
+        starts = range(0, max(n, 1), self.LOAD_CHUNK)
+        parts = list(self.pool.map(lambda a: self.load({k: v[a:a + self.LOAD_CHUNK] for k, v in batch.items()}),
+                                   starts))
+        loaded = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self.embed(loaded)
 
 
 def _missing(v: Any) -> bool:

@@ -58,9 +58,10 @@ def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, WHITE + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = image.convert("RGBA") if image.mode != "RGBA" else image
+        background = Image.new("RGB", rgba.size, WHITE)  # pasting through alpha onto opaque white: the same
+        background.paste(rgba, mask=rgba.getchannel("A"))  # pixels as alpha_composite + convert, in one pass
+        return background
     if image.mode == "I;16" or image.mode == "I":
         image = image.point(lambda v: v / 256).convert("L")
     return image.convert("RGB") if image.mode != "RGB" else image

@@ -1,6 +1,6 @@
 """Ingestion spreads over a two-node Ray cluster: ``ray.cluster_utils.Cluster`` starts a head and a second
-raylet on this machine (real processes, their own object stores), the run schedules load tasks, CLIP actors and
-writers on both, and the index it builds equals the one-node run's (the session's ``ingested`` fixture)."""
+raylet on this machine (real processes, their own object stores), the run schedules CLIP actors (which load
+their own images on CPU nodes) and writers on both, and the index it builds equals the one-node run's (the session's ``ingested`` fixture)."""
 
 import json
 import os
@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 # Logical CPUs, not cores: two CLIP actors asking 2 CPUs each cannot share a 3-CPU node, so one lands on each,
-# and each node keeps 1 CPU for the rest (Ray Data's streaming repartition asks a whole one). Load tasks are
-# spread by Ray Data's default scheduling strategy; blocks of 8 rows give them and the actors 9 blocks to share.
+# and each node keeps 1 CPU for the rest (Ray Data's streaming repartition asks a whole one); blocks of 8 rows
+# give the two actors 9 blocks to share.
 TWO_NODES = r"""
 import json, os, sys
 os.environ["RAY_AUTH_MODE"] = "disabled"
@@ -54,7 +54,7 @@ def test_a_two_node_cluster_runs_every_stage_on_both_nodes_and_builds_the_same_i
     found = json.loads(line.removeprefix("REPORT "))
     print(json.dumps(found["nodes"]))
     assert len(found["cluster"]) == 2
-    for stage in ("load", "embed"):  # every row passed a load task and a CLIP actor on some node ...
+    for stage in ("load", "embed"):  # every row was loaded and embedded on some node ...
         assert set(found["nodes"][stage]) == set(found["cluster"]), (stage, found["nodes"])  # ... on both nodes
     one_node = ingested[1]
     assert found["indexed"] == one_node.indexed

@@ -29,6 +29,14 @@ def test_transparency_is_composited_onto_white():
     assert decode_image(_encode(half, "PNG")).getpixel((1, 1)) == (127, 127, 127)
 
 
+def test_partial_transparency_blends_with_white_by_the_alpha_formula():
+    rgba = np.random.default_rng(0).integers(0, 256, (64, 64, 4), dtype=np.uint8)
+    out = np.asarray(decode_image(_encode(Image.fromarray(rgba, "RGBA"), "PNG")), float)
+    src, alpha = rgba[..., :3].astype(float), rgba[..., 3:].astype(float) / 255
+    expected = src * alpha + 255 * (1 - alpha)  # "over" onto opaque white (Porter & Duff 1984)
+    assert np.abs(out - expected).max() <= 1.0
+
+
 def test_exif_orientation_is_applied():
     image = Image.new("RGB", (40, 20), (0, 255, 0))
     exif = Image.Exif()

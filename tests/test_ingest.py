@@ -88,3 +88,44 @@ def test_catalog_update_replaces_a_product_by_id(ray_session, tiny_model, tmp_pa
         assert report.indexed == 2 and report.products_in_index == 2
     stored = open_index(index).get([a["product_id"]])[0]
     assert stored["title"] == "Renamed product" and stored["price"] == 1.5
+
+
+def test_loading_inside_the_clip_actor_equals_the_separate_load_and_embed_stages(served_model, sample_rows):
+    """LoadAndEmbed (threads load a whole block, forwards of batch_size) against load_images then EmbedImages."""
+    from batch_jobs.stages import EmbedImages, LoadAndEmbed, load_images
+
+    rows = sample_rows[:21]
+    batch = {"product_id": np.array([r["product_id"] for r in rows], object),
+             "image": np.array([r["image"] for r in rows], object),
+             "error": np.array([""] * 20 + ["duplicate product_id"], object)}
+    batch["image"][4] = str(Path(rows[4]["image"]).with_name("no-such-image.png"))
+    fused = LoadAndEmbed(served_model, batch_size=8, load_threads=3)(batch)
+    separate = EmbedImages(served_model)(load_images(batch, model=served_model))
+    assert list(fused) == list(separate)
+    assert list(fused["product_id"]) == list(batch["product_id"])  # order kept across the thread pool
+    assert fused["error"][4].startswith("ObjectNotFound") and fused["error"][20] == "duplicate product_id"
+    assert [bool(e) for e in fused["error"]] == [i in (4, 20) for i in range(21)]
+    np.testing.assert_array_equal(fused["phash"], separate["phash"])
+    np.testing.assert_allclose(fused["vector"], separate["vector"], atol=1e-5)
+    assert not fused["vector"][[4, 20]].any()
+
+
+@pytest.mark.slow
+def test_load_tasks_and_loading_in_the_clip_actor_build_the_same_index(ingested, catalog, served_model, tmp_path):
+    """The two shapes of the pipeline (load tasks for GPU actors, loading in the CPU actors by default)."""
+    from batch_jobs.pipeline import IngestOptions, ingest
+    from serve_app.index import open_index
+
+    options = IngestOptions(model=served_model, batch_size=8, fetch_timeout_s=2.0, load_in_embed_actor=False)
+    assert not options.loads_in_embed_actor and IngestOptions(model=served_model).loads_in_embed_actor
+    assert not IngestOptions(model=served_model, embed_num_gpus=1).loads_in_embed_actor
+    report = ingest(str(catalog), str(tmp_path / "tasks"), options)
+    fused = ingested[1]
+    assert report.indexed == fused.indexed and report.skipped == fused.skipped
+    assert sorted((b["line"], b["reason"]) for b in report.bad_rows) == \
+        sorted((b["line"], b["reason"]) for b in fused.bad_rows)
+    a, b = open_index(str(tmp_path / "tasks")), open_index(ingested[0])
+    ids, vectors = a.all_vectors()
+    by_id = dict(zip(*b.all_vectors()))
+    np.testing.assert_allclose(vectors, np.stack([by_id[i] for i in ids]), atol=1e-5)
+    assert {r["product_id"]: r["phash"] for r in a.get(ids)} == {r["product_id"]: r["phash"] for r in b.get(ids)}
