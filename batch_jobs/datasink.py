@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
-from batch_jobs.manifest import ALREADY_INDEXED, MAX_LISTED_BAD_ROWS
+from batch_jobs.manifest import ALREADY_INDEXED, MAX_LISTED_BAD_ROWS, ROWS_PER_WRITE
 from batch_jobs.stages import index_table
 from serve_app import storage
 from serve_app.index import IndexInfo, open_index
@@ -67,7 +67,7 @@ class IndexDatasink(Datasink[SinkResult]):
     """
 
     def __init__(self, index_uri: str, info: IndexInfo, embeddings_uri: str | None,
-                 index_options: dict | None = None, rows_per_write: int = 256, flag_duplicates: int | None = None,
+                 index_options: dict | None = None, rows_per_write: int = ROWS_PER_WRITE, flag_duplicates: int | None = None,
                  append: bool = False):
         self.index_uri, self.info, self.embeddings_uri = index_uri, info, embeddings_uri
         self.index_options = index_options or {}
@@ -87,6 +87,7 @@ class IndexDatasink(Datasink[SinkResult]):
         index = open_index(self.index_uri, info=self.info, **self.index_options)
         result = SinkResult()
         writer_node = this_node()
+        tables = []
         for block in blocks:
             accessor = BlockAccessor.for_block(block)
             if accessor.num_rows() == 0:
@@ -109,17 +110,20 @@ class IndexDatasink(Datasink[SinkResult]):
                         row["line"] = int(row["line"])
                     result.fail(row)
             good = table.filter(pc.equal(errors, ""))
-            vectors = BlockAccessor.for_block(good).to_numpy("vector") if good.num_rows else np.zeros((0, 0))
-            rows = index_table(good, vectors, self.info.dim)
-            if self.flag_duplicates is not None and rows.num_rows:
+            if good.num_rows:
+                vectors = BlockAccessor.for_block(good).to_numpy("vector")
+                tables.append(index_table(good, vectors, self.info.dim))
+        rows = pa.concat_tables(tables) if tables else None  # one append and one Parquet file per write call
+        if rows is not None and rows.num_rows:
+            if self.flag_duplicates is not None:
                 result.near_duplicates += _near_duplicates(index, rows, self.flag_duplicates)
             written = index.append(rows) if self.append else index.upsert(rows)
             result.written += written
             result.nodes.setdefault("write", Counter())[writer_node] += written
-            for f in index.drain_failures():
-                result.fail(f | {"image": None})
-            if self.embeddings_uri and rows.num_rows:
+            if self.embeddings_uri:
                 self._write_parquet(rows)
+        for f in index.drain_failures():
+            result.fail(f | {"image": None})
         return result
 
     def _write_parquet(self, rows: pa.Table) -> None:

@@ -35,6 +35,10 @@ SHARD_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv
 # first seconds. A dry run only counts, so it takes 8,192 (a 1M-row catalog is 123 blocks, not 7,800).
 ROWS_PER_BLOCK = 128
 VALIDATE_ROWS_PER_BLOCK = 8192
+# Rows a write task gathers (Ray Data bundles blocks up to this) before one append + one Parquet file. Every
+# append is a Lance commit (a manifest and a version) and each write call a task, so larger writes cost less
+# CPU; smaller ones make a killed run's finished work durable sooner (``--resume`` skips what was written).
+ROWS_PER_WRITE = 256
 MAX_LISTED_BAD_ROWS = 10_000  # bad rows a report lists (all are counted)
 MAX_SHARD_BYTES = 2 * 1024**3  # one shard is read whole by one task
 LINE_BITS = 40  # order = shard index << LINE_BITS | line: one sortable int64 per row

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-from batch_jobs.manifest import (MAX_LISTED_BAD_ROWS, ROWS_PER_BLOCK, bad_row, bad_rows, catalog_rows, list_shards,
-                                 mark_done)
+from batch_jobs.manifest import (MAX_LISTED_BAD_ROWS, ROWS_PER_BLOCK, ROWS_PER_WRITE, bad_row, bad_rows,
+                                 catalog_rows, list_shards, mark_done)
 from serve_app import storage
 from serve_app.index import IndexInfo, create_version, is_opensearch, lease, open_index
 from serve_app.index.lease import DEFAULT_TTL_S, DEFAULT_WAIT_S
@@ -59,6 +59,7 @@ class IngestOptions:
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION  # more bad rows than this share of the manifest: no publish
     resume: bool = False  # continue the newest unpublished version a killed or failed run left behind
     rows_per_block: int = ROWS_PER_BLOCK  # manifest rows per block: the unit a load task decodes and streams on
+    rows_per_write: int = ROWS_PER_WRITE  # rows per index append (one Lance commit) and Parquet file
 
     def __post_init__(self):
         valid = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}
@@ -72,9 +73,9 @@ class IngestOptions:
                              f"{self.keep_versions}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be within [0, 1], got {self.max_bad_fraction}")
-        if self.write_concurrency < 1 or self.rows_per_block < 1:
-            raise ValueError(f"write_concurrency and rows_per_block must be at least 1, got {self.write_concurrency} "
-                             f"and {self.rows_per_block}")
+        if min(self.write_concurrency, self.rows_per_block, self.rows_per_write) < 1:
+            raise ValueError(f"write_concurrency, rows_per_block and rows_per_write must be at least 1, got "
+                             f"{self.write_concurrency}, {self.rows_per_block} and {self.rows_per_write}")
         if self.resume and self.mode != "new-version":
             raise ValueError("resume continues an unpublished new version: it needs mode 'new-version'")
         if self.lease_ttl_s <= 0 or self.lease_wait_s < 0:
@@ -260,7 +261,8 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
                                     fn_kwargs={"done": done["product_ids"]}, num_cpus=0.1)
         phases["catalog_listed_s"] = round(time.perf_counter() - started, 2)
         sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
-                             flag_duplicates=options.flag_duplicates, append=options.mode == "new-version")
+                             flag_duplicates=options.flag_duplicates, append=options.mode == "new-version",
+                             rows_per_write=options.rows_per_write)
         try:
             _run_pipeline(ray, rows, options, sink,
                           concurrency=options.write_concurrency if options.mode == "new-version" or remote_index
