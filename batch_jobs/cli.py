@@ -8,6 +8,7 @@ from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ def cmd_sample_catalog(args) -> int:
     except SampleCatalogUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"catalog": args.out, "products": n}))
+    emit(json.dumps({"catalog": args.out, "products": n}))
     return 0
 
 
@@ -40,7 +41,7 @@ def cmd_make_random_clip(args) -> int:
     from serve_app.random_clip import make_random_clip
 
     out = make_random_clip(args.out, args.size, args.seed)
-    print(json.dumps({"model": str(out), "size": args.size, "weights": "random"}))
+    emit(json.dumps({"model": str(out), "size": args.size, "weights": "random"}))
     return 0
 
 
@@ -75,7 +76,7 @@ def cmd_ingest(args) -> int:
     except (ManifestError, ModelLoadError, IndexOpenError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report.summary(), indent=2))
+    emit(json.dumps(report.summary(), indent=2))
     if not report.published:
         print(f"not published ({report.not_published_because}): {index} still serves its previous version",
               file=sys.stderr)
@@ -106,7 +107,7 @@ def cmd_validate(args) -> int:
         storage.write_bytes(args.report, json.dumps(summary | {"bad_rows": checked.bad_rows,
                                                                 "bad_rows_listed_max": MAX_LISTED_BAD_ROWS},
                                                                indent=2).encode())
-    print(json.dumps(summary, indent=2))
+    emit(json.dumps(summary, indent=2))
     for row in checked.bad_rows[:args.show]:
         print(f"{row['shard']}:{row['line']}: {row['reason']}", file=sys.stderr)
     return 0 if checked.bad == 0 else 1
@@ -122,7 +123,7 @@ def cmd_export_onnx(args) -> int:
     except ModelLoadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps({"model": model, "dtype": args.dtype} | export_summary(folder), indent=2))
+    emit(json.dumps({"model": model, "dtype": args.dtype} | export_summary(folder), indent=2))
     return 0
 
 
@@ -130,7 +131,7 @@ def cmd_make_clip(args) -> int:
     from batch_jobs.make_clip import make_clip
 
     shots = make_clip(args.out, args.images, args.seconds, args.fps, args.width, args.height)
-    print(json.dumps({"clip": args.out, "shots": [{"image": i, "start_s": a, "end_s": b}
+    emit(json.dumps({"clip": args.out, "shots": [{"image": i, "start_s": a, "end_s": b}
                                                   for i, (a, b) in zip(args.images, shots)]}, indent=2))
     return 0
 
@@ -146,7 +147,7 @@ def cmd_dedup_report(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     write_report(report, args.out)
-    print(json.dumps({k: v for k, v in report.items() if k != "clusters"} | {"clusters": len(report["clusters"]),
+    emit(json.dumps({k: v for k, v in report.items() if k != "clusters"} | {"clusters": len(report["clusters"]),
                                                                           "out": args.out}))
     return 0
 
@@ -192,7 +193,7 @@ def cmd_evaluate(args) -> int:
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(report, indent=2))
+    emit(json.dumps(report, indent=2))
     print(format_table(report), file=sys.stderr)
     if report["source"].get("model_weights") == "random":
         print("note: the model has random weights: these numbers say nothing about semantic quality",
@@ -212,7 +213,7 @@ def cmd_make_eval_queries(args) -> int:
     result = make_query_set([p.model_dump() for p in products], args.out, args.seed, args.limit)
     for row in result["skipped"]:
         print(f"skipped {row['product_id']}: {row['reason']}", file=sys.stderr)
-    print(json.dumps({"queries": result["queries"], "count": result["count"], "skipped": len(result["skipped"])}))
+    emit(json.dumps({"queries": result["queries"], "count": result["count"], "skipped": len(result["skipped"])}))
     return 0 if result["count"] else 1
 
 
@@ -335,8 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def emit(text: str) -> None:
+    """Write a command's result (its JSON) to the real standard output, one line or block followed by a newline."""
+    print(text, file=_RESULT_OUT or sys.stdout, flush=True)
+
+
+_RESULT_OUT = None  # the process's stdout while main() sends everything else to stderr
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Its result is the only thing on stdout (``… | jq`` works): anything else printed
+    meanwhile — Ray's raylet warnings about worker processes, library notices — goes to stderr."""
+    global _RESULT_OUT
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    _RESULT_OUT = sys.stdout
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return args.func(args)
+    finally:
+        _RESULT_OUT = None

@@ -207,3 +207,24 @@ def test_the_rayjob_runs_the_real_cli_with_the_production_config_and_the_service
         for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
             mounts = [m["mountPath"] for m in group["template"]["spec"]["containers"][0]["volumeMounts"]]
             assert any(Path(args.model).is_relative_to(m) for m in mounts), f"{manifest}: model not mounted"
+
+
+def test_cli_stdout_carries_only_the_result_json(tmp_path, capsys, monkeypatch):
+    """Anything printed while a command runs (Ray's raylet warns about worker processes on the driver's stdout)
+    goes to stderr, so ``python -m batch_jobs … | jq`` parses."""
+    import json
+
+    from batch_jobs import cli
+
+    def noisy(args):
+        print("8 PYTHON worker processes have been started on node ...")
+        cli.emit(json.dumps({"ok": True}))
+        return 0
+
+    args = cli.build_parser().parse_args(["make-random-clip", str(tmp_path / "m")])
+    args.func = noisy
+    monkeypatch.setattr(cli, "build_parser", lambda: type("Parser", (), {"parse_args": lambda self, argv: args})())
+    assert cli.main([]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"ok": True}
+    assert "PYTHON worker processes" in out.err and "PYTHON" not in out.out
