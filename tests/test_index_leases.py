@@ -349,3 +349,30 @@ def test_cli_takes_lease_wait_s():
     args = build_parser().parse_args(["ingest", "--catalog", "x.jsonl", "--model", "some-model",
                                       "--lease-wait-s", "90"])
     assert ingest_options(args).lease_wait_s == 90.0
+
+
+def test_two_runs_starting_at_the_same_moment_the_refused_one_names_the_holder(tmp_path):
+    """The lock file appears whole (hard link of a written file): a run racing the creator never reads it empty."""
+    from serve_app.index import LeaseHeld, lease
+
+    for round_ in range(20):
+        index, outcomes, barrier = str(tmp_path / f"index-{round_}"), {}, threading.Barrier(2)
+
+        def run(i, index=index, outcomes=outcomes, barrier=barrier):
+            barrier.wait()
+            try:
+                with lease(index, f"ingest-run{i}", ttl_s=30, wait_s=0):
+                    outcomes[i] = "held"
+                    barrier.wait()  # hold it until the other run has been refused
+            except LeaseHeld as e:
+                outcomes[i] = str(e)
+                barrier.wait()
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        holder = next(i for i, o in outcomes.items() if o == "held")
+        refused = outcomes[1 - holder]
+        assert f"run 'ingest-run{holder}'" in refused, refused

@@ -16,6 +16,7 @@
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,14 +49,20 @@ class FileLeaseStore(LeaseStore):
     def create(self, record: dict[str, Any]) -> bytes | None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = _encode(record)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return None
-        with os.fdopen(fd, "wb") as f:
+        # Written whole to a private file first, then hard-linked into place: link() fails if the lock file
+        # exists, so creation stays exclusive, and no reader ever sees it empty or half written (an O_EXCL
+        # create then write let a second run starting at the same moment read an empty record).
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(temp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        try:
+            os.link(temp, self.path)
+        except FileExistsError:
+            return None
+        finally:
+            temp.unlink(missing_ok=True)
         return data
 
     def _current(self) -> bytes | None:
