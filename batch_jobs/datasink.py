@@ -67,8 +67,8 @@ class IndexDatasink(Datasink[SinkResult]):
     """
 
     def __init__(self, index_uri: str, info: IndexInfo, embeddings_uri: str | None,
-                 index_options: dict | None = None, rows_per_write: int = ROWS_PER_WRITE, flag_duplicates: int | None = None,
-                 append: bool = False):
+                 index_options: dict | None = None, rows_per_write: int = ROWS_PER_WRITE,
+                 flag_duplicates: int | None = None, append: bool = False):
         self.index_uri, self.info, self.embeddings_uri = index_uri, info, embeddings_uri
         self.index_options = index_options or {}
         self.rows_per_write = rows_per_write
@@ -113,8 +113,8 @@ class IndexDatasink(Datasink[SinkResult]):
             if good.num_rows:
                 vectors = BlockAccessor.for_block(good).to_numpy("vector")
                 tables.append(index_table(good, vectors, self.info.dim))
-        rows = pa.concat_tables(tables) if tables else None  # one append and one Parquet file per write call
-        if rows is not None and rows.num_rows:
+        if tables:  # one append and one Parquet file per write call
+            rows = pa.concat_tables(tables)
             if self.flag_duplicates is not None:
                 result.near_duplicates += _near_duplicates(index, rows, self.flag_duplicates)
             written = index.append(rows) if self.append else index.upsert(rows)

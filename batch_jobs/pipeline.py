@@ -58,7 +58,7 @@ class IngestOptions:
     write_concurrency: int = 2  # index writer tasks (LanceDB appends to a new version, OpenSearch bulk)
     max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION  # more bad rows than this share of the manifest: no publish
     resume: bool = False  # continue the newest unpublished version a killed or failed run left behind
-    rows_per_block: int = ROWS_PER_BLOCK  # manifest rows per block: the unit a load task decodes and streams on
+    rows_per_block: int = ROWS_PER_BLOCK  # manifest rows per block: the unit an actor (or load task) loads
     rows_per_write: int = ROWS_PER_WRITE  # rows per index append (one Lance commit) and Parquet file
 
     def __post_init__(self):
@@ -439,10 +439,10 @@ class LoadAndEmbedHere(EmbedImagesHere):
 
 
 def _run_pipeline(ray, ds, options: IngestOptions, sink, concurrency: int = 1) -> None:
-    """manifest rows (bad ones pass through to the sink's report) → load/decode/hash (tasks) → CLIP embed
-    (actor pool) → ``concurrency`` index writers, as one streaming execution: the CLIP actors load their
-    model while the first blocks are parsed and decoded. With ``options.loads_in_embed_actor`` (CPU actors)
-    the load happens inside the CLIP actors (:class:`LoadAndEmbedHere`) and only manifest rows reach them."""
+    """manifest rows (bad ones pass through to the sink's report) → load/decode/hash → CLIP embed (actor pool)
+    → ``concurrency`` index writers, as one streaming execution: the CLIP actors load their model while the
+    first blocks are parsed. With ``options.loads_in_embed_actor`` (CPU actors) the CLIP actors load their own
+    images (:class:`LoadAndEmbedHere`) and only manifest rows reach them; otherwise load tasks do it."""
     load = {"model": options.model, "max_bytes": options.max_image_bytes, "timeout_s": options.fetch_timeout_s}
     embed = {"model": options.model, "dtype": options.dtype, "runtime": options.runtime,
              "num_threads": options.embed_threads}

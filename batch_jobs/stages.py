@@ -1,8 +1,8 @@
 """Ingestion stages as plain Python on column batches (no Ray import; Ray Data calls them in pipeline.py).
 
 reader (manifest rows) → :func:`load_images` (fetch, decode, pHash, CLIP preprocessing) →
-:class:`EmbedImages` (CLIP forward) — or both in one actor, :class:`LoadAndEmbed` — → :func:`index_table` (the index's Arrow schema, in the sink). A row whose image
-cannot be read or decoded carries its reason in ``error`` and is dropped from the index by the sink, which
+:class:`EmbedImages` (CLIP forward), or the two in one actor (:class:`LoadAndEmbed`) → :func:`index_table` (the
+index's Arrow schema, in the sink). A row whose image cannot be read or decoded carries its reason in ``error`` and is dropped from the index by the sink, which
 reports it.
 """
 

@@ -8,9 +8,9 @@ load, first block) and the marginal images/s, which is compared with the CPU lim
 ``1 / (1/bare + preprocess_s/cores)`` (bare: the batch-16 forward on pre-processed pixels in this process;
 preprocess_s: decode + CLIP preprocessing of one image on one core; ``..._with_load`` counts the whole load
 stage instead: read, decode, pHash and preprocessing, work the job must do per image besides the forward). Rows
-cycle over the benchmark's few thousand real images with distinct product ids. ``ray_floor_s`` is what Ray alone costs in the same run: start
-a local Ray, run a task stage and a one-actor pool over 1,000 trivial rows, shut down (the fixed cost can not
-be lower than that). Each run's ``phases`` come from its report. Prints JSON.
+cycle over the benchmark's few thousand real images with distinct product ids. ``ray_floor_s`` is what Ray
+alone costs in the same run: start a local Ray, run a task stage and a one-actor pool over 1,000 trivial rows,
+shut down (the fixed cost can not be lower than that). Each run's ``phases`` come from its report. Prints JSON.
 
     python benchmarks/ingest_scale.py                      # tiny 1k/4k/16k, base bfloat16 1k/3k, validate 1M
     python benchmarks/ingest_scale.py --tiny 1000 --base "" --validate-rows 0

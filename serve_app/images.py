@@ -23,7 +23,7 @@ MAX_IMAGE_PIXELS = 90_000_000
 # Longer side / shorter side. A 20:1 image already shows CLIP only 5 % of itself; beyond that it is a banner or
 # a crafted input (a 1×30,000 palette PNG cost the Encoder a minute before this limit).
 MAX_ASPECT_RATIO = 20.0
-# Images that are embedded or hashed are decoded with their short side at least DRAFT_MARGIN (1.25) times this
+# Images that are embedded or hashed are decoded with their short side at least preprocess.DRAFT_MARGIN times this
 # (JPEG draft): CLIP ViT-B/32's input side. Ingestion and serving use the same value, so their pHashes agree.
 DECODE_MIN_SIDE = 224
 # The formats Pillow may even try: photo formats only ("JPEG" also opens the multi-picture MPO files many phones
@@ -120,7 +120,8 @@ def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS, max_aspect_rat
         data: the encoded file.
         max_pixels, max_aspect_ratio: see :func:`open_image`.
         min_side: decode a large JPEG at 1/2, 1/4 or 1/8 scale while its short side stays ≥
-            :data:`serve_app.preprocess.DRAFT_MARGIN` × ``min_side`` pixels (:func:`serve_app.preprocess.draft`); ``None`` decodes at full size.
+            :data:`serve_app.preprocess.DRAFT_MARGIN` × ``min_side`` pixels (:func:`serve_app.preprocess.draft`);
+            ``None`` decodes at full size.
 
     Returns:
         RGB image with EXIF orientation applied and transparency composited onto white.

@@ -8,7 +8,7 @@ of CPU and gigabytes of memory for one request). :func:`clip_pixels` computes th
 maps the centre-crop box back to source coordinates and resamples only that box
 (``PIL.Image.resize(..., box=...)``), after an integer box-filter reduction for large sources
 (``reducing_gap``, Pillow's "reduce before resample" optimisation). With :func:`draft` a JPEG is also decoded
-at 1/2, 1/4 or 1/8 scale by libjpeg's scaled IDCT when the source is more than twice as large as needed.
+at 1/2, 1/4 or 1/8 scale by libjpeg's scaled IDCT while it stays :data:`DRAFT_MARGIN` times as large as needed.
 
 Work per image is then bounded by the decoded pixels (itself bounded by ``max_pixels`` and the aspect-ratio
 limit in :mod:`serve_app.images`) and the output is always ``3 × crop × crop``. The result stays within a
