@@ -352,8 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("transformers").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     _RESULT_OUT = sys.stdout
+    ray_before = _ray_initialized()
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            return args.func(args)
+            try:
+                return args.func(args)
+            finally:
+                if _ray_initialized() and not ray_before:  # the Ray this command started: stop it here, where
+                    import ray  # the deduplicated log lines it flushes when it stops still go to stderr
+
+                    ray.shutdown()
     finally:
         _RESULT_OUT = None
+
+
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return bool(ray and ray.is_initialized())

@@ -8,6 +8,7 @@ and the RayJob's entrypoint through the real argument parser.
 """
 
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -226,3 +227,34 @@ def test_cli_stdout_carries_only_the_result_json(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr()
     assert json.loads(out.out) == {"ok": True}
     assert "PYTHON worker processes" in out.err and "PYTHON" not in out.out
+
+
+def test_a_ray_the_command_started_is_stopped_before_stdout_is_given_back(tmp_path, capsys, monkeypatch):
+    """Ray prints its deduplicated log lines ("[repeated 3x across cluster]") when it shuts down: main() stops
+    the Ray its command started while stdout still goes to stderr, and leaves a Ray it found running alone."""
+    import json
+    import types
+
+    from batch_jobs import cli
+
+    state = {"on": False, "shutdowns": 0}
+
+    def shutdown():
+        print("(raylet) WARNING: 14 PYTHON worker processes ... [repeated 3x across cluster]")
+        state["on"], state["shutdowns"] = False, state["shutdowns"] + 1
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: state["on"],
+                                                                  shutdown=shutdown))
+
+    def starts_ray(args):
+        state["on"] = True
+        cli.emit(json.dumps({"ok": True}))
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_make_random_clip", starts_ray)
+    assert cli.main(["make-random-clip", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out) == {"ok": True} and "repeated 3x" in out.err and state["shutdowns"] == 1
+    state["on"] = True  # a Ray already up when the command starts (a cluster, a test session): not ours to stop
+    assert cli.main(["make-random-clip", str(tmp_path / "m")]) == 0
+    assert state == {"on": True, "shutdowns": 1}
