@@ -75,6 +75,16 @@ class AppArgs(BaseModel):
             raise ValueError(f"runtime {self.runtime!r} runs dtype {list(offered)}, got {self.dtype!r}")
         return self
 
+    @model_validator(mode="after")
+    def _backend_has_options(self) -> "AppArgs":
+        from serve_app.index import is_opensearch
+
+        given = sorted(LANCEDB_ONLY & self.model_fields_set)
+        if given and is_opensearch(self.index):
+            raise ValueError(f"{', '.join(given)}: LanceDB-only settings, but {self.index} is an OpenSearch index "
+                             "(its HNSW settings are chosen at ingestion: configs/ingest.yaml)")
+        return self
+
     @field_validator("index")
     @classmethod
     def _absolute_local_index(cls, v: str) -> str:
@@ -101,5 +111,13 @@ class AppArgs(BaseModel):
             raise ValueError(f"invalid app args: {e}") from e
 
     def index_options(self) -> dict:
+        """The Retriever's backend settings: the LanceDB query knobs, nothing for OpenSearch."""
+        from serve_app.index import is_opensearch
+
+        if is_opensearch(self.index):
+            return {}
         return {"nprobes": self.ann_nprobes, "ef": self.ann_ef, "refine_factor": self.ann_refine_factor,
                 "memory_rows": self.memory_rows}
+
+
+LANCEDB_ONLY = {"memory_rows", "ann_nprobes", "ann_ef", "ann_refine_factor"}
