@@ -1,6 +1,7 @@
 """Ray Data sink that upserts embedded rows into the index and writes the embeddings Parquet."""
 
 import io
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ class SinkResult:
     failed_count: int = 0
     already_indexed: int = 0
     normalised: int = 0  # loaded embeddings that were not unit length (see batch_jobs.embeddings_source)
+    finish_s: float = 0.0  # seconds of the after-load step (compaction, ANN and scalar index build)
     failed: list[dict] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)
     nodes: dict[str, Counter] = field(default_factory=dict)
@@ -139,7 +141,9 @@ class IndexDatasink(Datasink[SinkResult]):
     def on_write_complete(self, write_result) -> None:
         for r in write_result.write_returns:
             self.result.add(r)
+        started = time.perf_counter()
         open_index(self.index_uri, info=self.info, **self.index_options).finish_bulk_load()
+        self.result.finish_s = round(time.perf_counter() - started, 2)
 
 
 def this_node() -> str:

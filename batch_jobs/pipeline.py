@@ -314,6 +314,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
             log.error("the run failed; version %s is left unpublished: `--resume` continues it", target.version)
             raise
         phases["pipeline_done_s"] = round(time.perf_counter() - started, 2)
+        phases["index_build_s"] = sink.result.finish_s  # part of the pipeline: compaction, ANN + scalar indexes
         held.check()  # renews the lease now; raises LeaseLost if another run took it over meanwhile
 
         written = sink.result

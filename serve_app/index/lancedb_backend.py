@@ -10,9 +10,10 @@ the alias file (:mod:`serve_app.index.lease`) from creating its version to publi
 vector index and LanceDB scans it exactly (flat search); after a bulk load that reaches the threshold an
 ANN index (``ann_index_type``, default ``IVF_HNSW_SQ``) is built and queried with ``nprobes``/``ef``/
 ``refine_factor`` (re-ranking the candidates with full-precision vectors). Filters are SQL predicates with
-``prefilter=True``, so they are applied before the k-NN search; a filtered ANN query that finds fewer than k
-rows (a selective filter leaves few rows in the probed partitions) is answered again by an exact scan of the
-matching rows, so k results come back whenever ≥ k rows match. Rows upserted after the ANN build are searched
+``prefilter=True``, so they are applied before the k-NN search. With an ANN index, a selective filter (at most
+``exact_filter_fraction`` of the rows, default 5 %) is answered by an exact search over the matching rows
+(found through the scalar indexes), and a filtered ANN query that still finds fewer than k rows is answered
+again exactly, so k results come back whenever ≥ k rows match. Rows upserted after the ANN build are searched
 exactly beside it (LanceDB searches unindexed rows by default) until :meth:`LanceDBIndex.finish_bulk_load`
 folds them in with ``optimize``; deleted rows are never returned. Hamming search goes through a
 :class:`~serve_app.hamming_index.HammingIndex` (multi-index hashing) of the table version's pHashes.
@@ -67,6 +68,9 @@ class LanceDBIndex(VectorIndex):
         ann_index_type: one of :data:`ANN_INDEX_TYPES`, built by :meth:`finish_bulk_load`.
         ann_partitions: IVF partitions (``None``: √N, the usual rule of thumb of LanceDB's "ANN indexes" guide).
         ann_sub_vectors: PQ sub-vectors (``*_PQ`` types; ``None``: D / 16, 32 for 512-d — 32 bytes a vector).
+        exact_filter_fraction: a filter matching at most this share of the rows is answered by an exact search
+            over the matching rows instead of the ANN index (IVF partitions hold few of a selective filter's
+            nearest rows: at 2 % selectivity and 20 probes recall@10 fell to 0.3 in ``benchmarks/scale_ladder.py``).
 
     Raises:
         IndexOpenError: no index at ``uri`` and no ``info``; an unknown ``version``; or ``info.dim`` differs
@@ -77,7 +81,8 @@ class LanceDBIndex(VectorIndex):
     def __init__(self, uri: str, info: IndexInfo | None = None, version: str | None = None,
                  ann_min_rows: int = 50_000, nprobes: int = 20, ef: int = 100, refine_factor: int = 5,
                  memory_rows: int | None = None, ann_index_type: str = "IVF_HNSW_SQ",
-                 ann_partitions: int | None = None, ann_sub_vectors: int | None = None):
+                 ann_partitions: int | None = None, ann_sub_vectors: int | None = None,
+                 exact_filter_fraction: float = 0.05):
         import lancedb
 
         if ann_index_type not in ANN_INDEX_TYPES:
@@ -85,6 +90,8 @@ class LanceDBIndex(VectorIndex):
         self.uri = uri
         self.ann_min_rows = ann_min_rows
         self.ann_index_type, self.ann_partitions, self.ann_sub_vectors = ann_index_type, ann_partitions, ann_sub_vectors
+        self.exact_filter_fraction = exact_filter_fraction
+        self._selectivities: dict[tuple[int, str], float] = {}
         self._hash_index: tuple[int, pa.Array, HammingIndex] | None = None
         self._hash_index_checked_at = -1e9
         self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
@@ -275,16 +282,29 @@ class LanceDBIndex(VectorIndex):
         if where:
             query = query.where(where, prefilter=True)
         ann = self.has_ann_index()
+        if ann and where and self._selectivity(where) <= self.exact_filter_fraction:
+            return _vector_hits(query.bypass_vector_index().to_arrow(), n_queries)  # exact over the matches
         if ann:
             query = query.nprobes(self.nprobes).ef(self.ef).refine_factor(self.refine_factor)
         hits = _vector_hits(query.to_arrow(), n_queries)
-        if ann and where:  # a selective filter can leave < k matching rows in the probed partitions
+        if ann and where:  # the probed partitions may still hold fewer than k matching rows
             for i in (i for i, h in enumerate(hits) if len(h) < k):
                 exact = (self._table.search(vectors[i], vector_column_name="vector").distance_type("cosine")
                          .limit(k).select(list(METADATA_FIELDS) + ["_distance"]).where(where, prefilter=True)
                          .bypass_vector_index())
                 hits[i] = _vector_hits(exact.to_arrow(), 1)[0]
         return hits
+
+    def _selectivity(self, where: str) -> float:
+        """The share of rows matching the SQL filter ``where`` (a count through the scalar indexes, cached per
+        table version and filter)."""
+        table = self._table
+        key = (table.version, where)
+        if key not in self._selectivities:
+            if len(self._selectivities) > 256:
+                self._selectivities.clear()
+            self._selectivities[key] = table.count_rows(where) / max(1, table.count_rows())
+        return self._selectivities[key]
 
     def _hashes(self) -> tuple[pa.Array, HammingIndex]:
         """The current table version's ids and :class:`HammingIndex` (rows without a pHash left out), rebuilt
