@@ -67,8 +67,8 @@ class AppArgs(BaseModel):
     ann_nprobes: int = Field(20, ge=1)
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)
-    exact_filter_fraction: float = Field(0.05, ge=0, le=1, description="LanceDB: filters matching at most this "
-                                         "share of the catalog are searched exactly instead of through the ANN index")
+    exact_filter_rows: int = Field(1000, ge=0, description="LanceDB: filters matching at most this many products "
+                                   "are searched exactly instead of through the ANN index")
 
     @model_validator(mode="after")
     def _runtime_offers_dtype(self) -> "AppArgs":
@@ -119,7 +119,7 @@ class AppArgs(BaseModel):
         if is_opensearch(self.index):
             return {}
         return {"nprobes": self.ann_nprobes, "ef": self.ann_ef, "refine_factor": self.ann_refine_factor,
-                "memory_rows": self.memory_rows, "exact_filter_fraction": self.exact_filter_fraction}
+                "memory_rows": self.memory_rows, "exact_filter_rows": self.exact_filter_rows}
 
 
-LANCEDB_ONLY = {"memory_rows", "ann_nprobes", "ann_ef", "ann_refine_factor", "exact_filter_fraction"}
+LANCEDB_ONLY = {"memory_rows", "ann_nprobes", "ann_ef", "ann_refine_factor", "exact_filter_rows"}

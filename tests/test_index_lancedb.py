@@ -127,7 +127,7 @@ def test_product_table_fills_missing_metadata_with_nulls_and_refuses_unknown_col
 
 
 def test_with_an_ann_index_selective_filters_are_exact_and_updates_keep_the_index(tmp_path):
-    """1 % of rows match ``rare``: answered exactly over the matches (IVF partitions hold few of them); rows
+    """1 % of rows (60) match ``rare``: answered exactly over the matches; rows
     upserted after the build are searchable at once and ``finish_bulk_load`` updates the ANN index instead of
     rebuilding it; deleted rows never come back."""
     rng = np.random.default_rng(4)
@@ -143,6 +143,11 @@ def test_with_an_ann_index_selective_filters_are_exact_and_updates_keep_the_inde
     for q, row in zip(queries, hits):
         expected = [f"p{i}" for i in rare[np.argsort(-(vectors[rare] @ q))[:10]]]
         assert [h.product_id for h in row] == expected
+    through_ann = open_index(str(tmp_path), exact_filter_rows=0, memory_rows=0)  # probes scaled by 1 / 1 %
+    found = [{h.product_id for h in row} for row in through_ann.search(queries, 10, parse_filters({"category": "rare"}))]
+    exact = [{f"p{i}" for i in rare[np.argsort(-(vectors[rare] @ q))[:10]]} for q in queries]
+    assert all(len(f) == 10 and all(int(p[1:]) % 100 == 0 for p in f) for f in found)
+    assert np.mean([len(f & e) / 10 for f, e in zip(found, exact)]) >= 0.9
     new = _unit(rng.normal(size=(10, DIM)))
     index.upsert(_rows(new, start=6000))
     assert [row[0].product_id for row in index.search(new, 1)] == [f"p{6000 + i}" for i in range(10)]

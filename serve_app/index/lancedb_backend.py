@@ -10,10 +10,10 @@ the alias file (:mod:`serve_app.index.lease`) from creating its version to publi
 vector index and LanceDB scans it exactly (flat search); after a bulk load that reaches the threshold an
 ANN index (``ann_index_type``, default ``IVF_HNSW_SQ``) is built and queried with ``nprobes``/``ef``/
 ``refine_factor`` (re-ranking the candidates with full-precision vectors). Filters are SQL predicates with
-``prefilter=True``, so they are applied before the k-NN search. With an ANN index, a selective filter (at most
-``exact_filter_fraction`` of the rows, default 5 %) is answered by an exact search over the matching rows
-(found through the scalar indexes), and a filtered ANN query that still finds fewer than k rows is answered
-again exactly, so k results come back whenever ≥ k rows match. Rows upserted after the ANN build are searched
+``prefilter=True``, so they are applied before the k-NN search. With an ANN index, a filter matching few rows
+(``exact_filter_rows``) is answered by an exact search over them (found through the scalar indexes), a filter
+matching a share ``s`` of the rows probes ``nprobes / s`` partitions, and a filtered ANN query that still finds
+fewer than k rows is answered again exactly, so k results come back whenever ≥ k rows match. Rows upserted after the ANN build are searched
 exactly beside it (LanceDB searches unindexed rows by default) until :meth:`LanceDBIndex.finish_bulk_load`
 folds them in with ``optimize``; deleted rows are never returned. Hamming search goes through a
 :class:`~serve_app.hamming_index.HammingIndex` (multi-index hashing) of the table version's pHashes.
@@ -48,6 +48,7 @@ LEASE_FILE = "visual_search.lock"
 # LanceDB's vector index types (LanceDB docs, "Vector indexes"): IVF partitions, then HNSW graphs per partition
 # and/or scalar (SQ, 8-bit) or product (PQ) quantisation of the vectors; refine_factor re-ranks on full vectors.
 ANN_INDEX_TYPES = ("IVF_HNSW_SQ", "IVF_HNSW_PQ", "IVF_PQ", "IVF_FLAT")
+MAX_NPROBES = 100_000  # above any partition count: LanceDB probes all partitions then
 
 
 class LanceDBIndex(VectorIndex):
@@ -68,9 +69,10 @@ class LanceDBIndex(VectorIndex):
         ann_index_type: one of :data:`ANN_INDEX_TYPES`, built by :meth:`finish_bulk_load`.
         ann_partitions: IVF partitions (``None``: √N, the usual rule of thumb of LanceDB's "ANN indexes" guide).
         ann_sub_vectors: PQ sub-vectors (``*_PQ`` types; ``None``: D / 16, 32 for 512-d — 32 bytes a vector).
-        exact_filter_fraction: a filter matching at most this share of the rows is answered by an exact search
-            over the matching rows instead of the ANN index (IVF partitions hold few of a selective filter's
-            nearest rows: at 2 % selectivity and 20 probes recall@10 fell to 0.3 in ``benchmarks/scale_ladder.py``).
+        exact_filter_rows: a filter matching at most this many rows is answered by an exact search over them;
+            a filter matching a share ``s`` of a larger table probes ``nprobes / s`` IVF partitions (its nearest
+            rows are spread over more partitions: at 2 % and 20 probes recall@10 fell to 0.3 at 100k in
+            ``benchmarks/scale_ladder.py``; probing all partitions gave 1.0).
 
     Raises:
         IndexOpenError: no index at ``uri`` and no ``info``; an unknown ``version``; or ``info.dim`` differs
@@ -82,7 +84,7 @@ class LanceDBIndex(VectorIndex):
                  ann_min_rows: int = 50_000, nprobes: int = 20, ef: int = 100, refine_factor: int = 5,
                  memory_rows: int | None = None, ann_index_type: str = "IVF_HNSW_SQ",
                  ann_partitions: int | None = None, ann_sub_vectors: int | None = None,
-                 exact_filter_fraction: float = 0.05):
+                 exact_filter_rows: int = 1000):
         import lancedb
 
         if ann_index_type not in ANN_INDEX_TYPES:
@@ -90,8 +92,8 @@ class LanceDBIndex(VectorIndex):
         self.uri = uri
         self.ann_min_rows = ann_min_rows
         self.ann_index_type, self.ann_partitions, self.ann_sub_vectors = ann_index_type, ann_partitions, ann_sub_vectors
-        self.exact_filter_fraction = exact_filter_fraction
-        self._selectivities: dict[tuple[int, str], float] = {}
+        self.exact_filter_rows = exact_filter_rows
+        self._matching: dict[tuple[int, str], int] = {}
         self._hash_index: tuple[int, pa.Array, HammingIndex] | None = None
         self._hash_index_checked_at = -1e9
         self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
@@ -282,9 +284,15 @@ class LanceDBIndex(VectorIndex):
         if where:
             query = query.where(where, prefilter=True)
         ann = self.has_ann_index()
-        if ann and where and self._selectivity(where) <= self.exact_filter_fraction:
-            return _vector_hits(query.bypass_vector_index().to_arrow(), n_queries)  # exact over the matches
-        if ann:
+        if ann and where:
+            matching = self._matching_rows(where)
+            if matching <= self.exact_filter_rows:  # few matches: an exact search over them is cheap and sure
+                return _vector_hits(query.bypass_vector_index().to_arrow(), n_queries)
+            # IVF partitions hold a share s of a filter's rows: probe 1/s times as many (Lance caps at all of them)
+            share = matching / max(1, self._table.count_rows())
+            query = query.nprobes(min(MAX_NPROBES, math.ceil(self.nprobes / share))).ef(self.ef) \
+                .refine_factor(self.refine_factor)
+        elif ann:
             query = query.nprobes(self.nprobes).ef(self.ef).refine_factor(self.refine_factor)
         hits = _vector_hits(query.to_arrow(), n_queries)
         if ann and where:  # the probed partitions may still hold fewer than k matching rows
@@ -295,16 +303,16 @@ class LanceDBIndex(VectorIndex):
                 hits[i] = _vector_hits(exact.to_arrow(), 1)[0]
         return hits
 
-    def _selectivity(self, where: str) -> float:
-        """The share of rows matching the SQL filter ``where`` (a count through the scalar indexes, cached per
-        table version and filter)."""
+    def _matching_rows(self, where: str) -> int:
+        """Rows matching the SQL filter ``where`` (a count through the scalar indexes, cached per table version
+        and filter)."""
         table = self._table
         key = (table.version, where)
-        if key not in self._selectivities:
-            if len(self._selectivities) > 256:
-                self._selectivities.clear()
-            self._selectivities[key] = table.count_rows(where) / max(1, table.count_rows())
-        return self._selectivities[key]
+        if key not in self._matching:
+            if len(self._matching) > 256:
+                self._matching.clear()
+            self._matching[key] = table.count_rows(where)
+        return self._matching[key]
 
     def _hashes(self) -> tuple[pa.Array, HammingIndex]:
         """The current table version's ids and :class:`HammingIndex` (rows without a pHash left out), rebuilt
