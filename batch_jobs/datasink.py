@@ -142,7 +142,7 @@ class IndexDatasink(Datasink[SinkResult]):
         for r in write_result.write_returns:
             self.result.add(r)
         started = time.perf_counter()
-        open_index(self.index_uri, info=self.info, **self.index_options).finish_bulk_load()
+        open_index(self.index_uri, info=self.info, **self.index_options).finish_bulk_load(unpublished=self.append)
         self.result.finish_s = round(time.perf_counter() - started, 2)
 
 

@@ -4,9 +4,10 @@ both.
 
 Runs on an index built by ``benchmarks/scale_ladder.py`` (ids ``sku-<i>``, 512-d): the service is started, then
 ``ingest --mode upsert --from-embeddings`` and ``delete --ids`` run as subprocesses on the same Ray cluster.
-"Seen" means ``/healthz`` counts the new total, an upserted new product is found first by ``/search/similar``
-on itself, and no deleted id comes back from ``/search/similar`` with its nearest remaining neighbour (where it
-would rank first) — checked every 0.5 s. Prints JSON.
+"Seen" means ``/healthz`` counts the new total and an upserted new product can be searched by
+(``/search/similar`` on itself); for the delete, the new total and no deleted id coming back from
+``/search/similar`` with its nearest remaining neighbour (where it would rank first) — polled every 0.5 s while
+each command runs, timed from the command's start. Prints JSON.
 
     python benchmarks/catalog_update.py --index data/bench/ladder/index-1000000
 """
@@ -28,16 +29,29 @@ from benchmarks.common import ROOT, base_model  # noqa: E402
 PORT = 8127
 
 
-def run_cli(args: list[str]) -> dict:
+def run_cli_until(args: list[str], seen, timeout_s: float) -> dict:
+    """Run a batch command as a subprocess on this process's Ray cluster while polling ``seen()`` every 0.5 s;
+    returns the command's JSON plus ``command_s`` (its wall time) and ``seen_s`` (from its start until ``seen()``
+    first held, ``None`` if not within ``timeout_s``)."""
     import ray
 
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "batch_jobs", *args], cwd=ROOT, capture_output=True, text=True,
-                         env=os.environ | {"RAY_AUTH_MODE": "disabled",
-                                           "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
-    if out.returncode != 0:
-        raise RuntimeError(f"{args[0]} failed ({out.returncode}): {out.stderr[-3000:]}")
-    return json.loads(out.stdout) | {"wall_s": round(time.perf_counter() - started, 1)}
+    process = subprocess.Popen([sys.executable, "-m", "batch_jobs", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True,
+                               env=os.environ | {"RAY_AUTH_MODE": "disabled",
+                                                 "RAY_ADDRESS": ray.get_runtime_context().gcs_address})
+    seen_s = command_s = None
+    while time.perf_counter() - started < timeout_s and (seen_s is None or command_s is None):
+        if command_s is None and process.poll() is not None:
+            command_s = time.perf_counter() - started
+        if seen_s is None and seen():
+            seen_s = time.perf_counter() - started
+        time.sleep(0.5)
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{args[0]} failed ({process.returncode}): {err[-3000:]}")
+    return json.loads(out) | {"command_s": round(command_s or time.perf_counter() - started, 1),
+                              "seen_s": None if seen_s is None else round(seen_s, 1)}
 
 
 def main() -> None:
@@ -63,14 +77,16 @@ def main() -> None:
     reader = open_index(index)
     before = reader.count()
     rng = np.random.default_rng(7)
-    changed = [f"sku-{i}" for i in rng.choice(before, args.upsert // 2, replace=False)]
-    new = [f"new-{i}" for i in range(args.upsert - len(changed))]
+    existing = np.array([p for p in reader.product_ids() if p.startswith("sku-")], dtype=object)
+    changed = list(rng.choice(existing, args.upsert // 2, replace=False))
+    run = time.strftime("%H%M%S")  # ids new to the index on every run
+    new = [f"new-{run}-{i}" for i in range(args.upsert - len(changed))]
     vectors = rng.standard_normal((args.upsert, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = new + changed
     pq.write_table(pa.table({"product_id": ids, "embedding": pa.FixedSizeListArray.from_arrays(
         pa.array(vectors.ravel()), 512), "category": ["updated"] * len(ids)}), workdir / "upsert.parquet")
-    deleted = [f"sku-{i}" for i in rng.choice(before, args.delete, replace=False) if f"sku-{i}" not in set(changed)]
+    deleted = [p for p in rng.choice(existing, args.delete, replace=False) if p not in set(changed)]
     (workdir / "delete.txt").write_text("\n".join(deleted) + "\n")
     # the nearest remaining neighbour of each checked deleted product: searching by it would rank the deleted one
     checked = deleted[:20]
@@ -85,30 +101,28 @@ def main() -> None:
     result: dict = {"products_before": before}
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60) as client:
-            started = time.perf_counter()
-            result["upsert"] = run_cli(["ingest", "--from-embeddings", str(workdir / "upsert.parquet"), "--index",
-                                        index, "--model", model, "--mode", "upsert",
-                                        "--report", str(workdir / "upsert_report.json")])
-            result["delete"] = run_cli(["delete", "--index", index, "--ids", str(workdir / "delete.txt")])
-            done_s = time.perf_counter() - started
-            expected = before + len(new) - len(deleted)
-            seen = None
-            while time.perf_counter() - started < done_s + args.timeout_s:
-                count = client.get("/healthz").json().get("products")
+            def products() -> int:
+                return client.get("/healthz").json().get("products")
+
+            def upsert_seen() -> bool:
                 top = client.post("/search/similar", json={"positive": [new[0]], "k": 1})
+                return top.status_code == 200 and products() == before + len(new)
+
+            def deleted_returned() -> set[str]:
                 returned = set()
                 for pid, neighbour in neighbours.items():
                     hits = client.post("/search/similar", json={"positive": [neighbour], "k": 5}).json()["results"]
                     returned |= {h["product_id"] for h in hits} & {pid}
-                if count == expected and top.status_code == 200 and not returned:
-                    seen = time.perf_counter() - started
-                    break
-                time.sleep(0.5)
-            result |= {"products_expected": expected, "products_served": count,
-                       "commands_s": round(done_s, 1),
-                       "seen_after_commands_s": None if seen is None else round(seen - done_s, 1),
-                       "seen_after_start_s": None if seen is None else round(seen, 1),
-                       "deleted_ids_returned": sorted(returned), "target_s": 60}
+                return returned
+
+            result["upsert"] = run_cli_until(
+                ["ingest", "--from-embeddings", str(workdir / "upsert.parquet"), "--index", index, "--model", model,
+                 "--mode", "upsert", "--report", str(workdir / "upsert_report.json")], upsert_seen, args.timeout_s)
+            expected = before + len(new) - len(deleted)
+            result["delete"] = run_cli_until(["delete", "--index", index, "--ids", str(workdir / "delete.txt")],
+                                             lambda: products() == expected and not deleted_returned(), args.timeout_s)
+            result |= {"products_expected": expected, "products_served": products(),
+                       "deleted_ids_returned": sorted(deleted_returned()), "target_s": 60}
     finally:
         serve.delete("update")
     print(json.dumps(result, indent=2))

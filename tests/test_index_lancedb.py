@@ -126,10 +126,13 @@ def test_product_table_fills_missing_metadata_with_nulls_and_refuses_unknown_col
         product_table(["a"], np.ones((1, DIM), np.float32), [0], colour=["red"])
 
 
-def test_with_an_ann_index_selective_filters_are_exact_and_updates_keep_the_index(tmp_path):
-    """1 % of rows (60) match ``rare``: answered exactly over the matches; rows
-    upserted after the build are searchable at once and ``finish_bulk_load`` updates the ANN index instead of
+def test_with_an_ann_index_selective_filters_are_exact_and_updates_keep_the_index(tmp_path, monkeypatch):
+    """1 % of rows (60) match ``rare``: answered exactly over the matches (and, forced through the ANN index,
+    with partitions probed in proportion); rows upserted after the build are searchable at once, and
+    ``finish_bulk_load`` folds them into the ANN index once enough have come (OPTIMIZE_MIN_ROWS) instead of
     rebuilding it; deleted rows never come back."""
+    from serve_app.index import lancedb_backend
+
     rng = np.random.default_rng(4)
     centers = rng.normal(size=(20, DIM))
     vectors = _unit(centers[rng.integers(0, 20, 6000)] + 0.3 * rng.normal(size=(6000, DIM)))
@@ -153,9 +156,12 @@ def test_with_an_ann_index_selective_filters_are_exact_and_updates_keep_the_inde
     assert [row[0].product_id for row in index.search(new, 1)] == [f"p{6000 + i}" for i in range(10)]
     index.delete(["p6003", "p17"])
     index.build_ann_index = lambda: pytest.fail("an index that exists is updated by optimize, not rebuilt")
+    vector_index = next(ix for ix in index._table.list_indices() if ix.columns == ["vector"]).name
+    index.finish_bulk_load()  # 9 rows outside the index (10 new, 1 deleted): left to the exact scan
+    assert index._table.index_stats(vector_index).num_unindexed_rows == 9
+    monkeypatch.setattr(lancedb_backend, "OPTIMIZE_MIN_ROWS", 9)
     index.finish_bulk_load()
-    vector_index = next(ix for ix in index._table.list_indices() if ix.columns == ["vector"])
-    assert index._table.index_stats(vector_index.name).num_unindexed_rows == 0
+    assert index._table.index_stats(vector_index).num_unindexed_rows == 0
     assert index.search(new[3:4], 5)[0][0].product_id != "p6003"
     assert "p17" not in {h.product_id for h in index.search(vectors[17:18], 5)[0]}
     assert index.count() == 6008

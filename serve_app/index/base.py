@@ -314,8 +314,9 @@ class IndexWriter(abc.ABC):
     def delete(self, product_ids: list[str]) -> int:
         """Delete products by id; returns how many were deleted."""
 
-    def finish_bulk_load(self) -> None:  # noqa: B027 - optional hook
-        """Called once after a bulk load: build ANN structures, compact, refresh."""
+    def finish_bulk_load(self, unpublished: bool = False) -> None:  # noqa: B027 - optional hook
+        """Called once after a bulk load: build ANN structures, compact, refresh. ``unpublished``: no reader
+        uses this version yet (a new version's bulk load), so superseded files may be removed at once."""
 
     def drain_failures(self) -> list[dict[str, Any]]:
         """Rows the backend rejected since the last call (``product_id``, ``reason``); bulk loaders that report

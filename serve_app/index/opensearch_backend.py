@@ -253,7 +253,7 @@ class OpenSearchIndex(VectorIndex):
         failures, self._failures = self._failures, []
         return failures
 
-    def finish_bulk_load(self) -> None:
+    def finish_bulk_load(self, unpublished: bool = False) -> None:
         """Refresh so the bulk-loaded documents become searchable."""
         self.client.indices.refresh(index=self.version)
 
