@@ -11,6 +11,7 @@
 """
 
 import asyncio
+import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +68,7 @@ class Encoder:
         self.embedder = load_embedder(model, dtype=dtype, runtime=runtime, num_threads=self.threads)
         # One thread runs every forward: one intra-op pool, and the pool's threads stay warm between batches.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-forward")
-        side = self.embedder.geometry.crop if self.embedder.geometry else self.embedder.input_side
+        side = self.embedder.geometry.crop
         self._model_thread.submit(self.embedder.embed_texts, ["warm-up"]).result()
         self._model_thread.submit(self.embedder.embed_pixels, np.zeros((1, 3, side, side), np.uint8)).result()
         self.batcher = ModelBatcher(self._model_thread, DEFAULT_BATCH_WAIT_S)
@@ -84,14 +85,11 @@ class Encoder:
         self.batcher.batch_wait_timeout_s = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S))
 
     def info(self) -> dict[str, Any]:
-        """What the ingress and ``/healthz`` need: model id, dimension, weights kind, runtime, precision, threads
-        and the preprocessing geometry (``size``, ``crop``, ``resample``) the ingress prepares photos with."""
+        """What the ingress and ``/healthz`` need: family, model id, dimension, weights kind, runtime, precision,
+        threads, the preprocessing signature, and the geometry (``size``, ``crop``, ``resample``, ``resize``,
+        ``crop_rounding``) the ingress and the video decoder prepare pixels with."""
         e = self.embedder
-        geometry = e.geometry
-        return {"model_id": e.model_id, "dim": e.dim, "weights": e.weights, "dtype": e.dtype, "runtime": e.runtime,
-                "device": e.device, "threads": self.threads,
-                "geometry": None if geometry is None else {"size": geometry.size, "crop": geometry.crop,
-                                                           "resample": geometry.resample}}
+        return e.info() | {"device": e.device, "threads": self.threads, "geometry": dataclasses.asdict(e.geometry)}
 
     def stats(self) -> dict[str, Any]:
         """Forwards per kind (``image``/``text``/``clip``) since the last call: count, mean batch size, mean and
