@@ -174,3 +174,46 @@ def test_onnx_agrees_with_torch_for_every_family(family_model, photos):
     texts = np.sum(torch_embedder.embed_texts(TEXTS) * onnx_embedder.embed_texts(TEXTS), axis=1)
     assert images.min() >= 0.9999 and texts.min() >= 0.9999, (family, images.min(), texts.min())
     assert onnx_embedder.family == family and onnx_embedder.spec == torch_embedder.spec
+
+
+def _embed_cli(capsys, *argv) -> list[dict]:
+    from batch_jobs.cli import main
+
+    capsys.readouterr()
+    rc = main(["embed", *argv])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_embed_command_prints_what_the_reference_library_computes_on_both_runtimes(family_model, photos, tmp_path,
+                                                                                    capsys):
+    family, folder = family_model
+    paths = []
+    for i, data in enumerate(photos[::3]):
+        paths.append(tmp_path / f"photo{i}.img")
+        paths[-1].write_bytes(data)
+    argv = ["--model", folder, *[a for p in paths for a in ("--image", str(p))], *[a for t in TEXTS[:4]
+                                                                                  for a in ("--text", t)]]
+    torch_records = _embed_cli(capsys, *argv)
+    onnx_records = _embed_cli(capsys, *argv, "--runtime", "onnx")
+    assert [r["kind"] for r in torch_records] == ["image"] * len(paths) + ["text"] * 4
+    assert {r["family"] for r in torch_records} == {family} and torch_records[0]["model"] == folder
+    ref_images, ref_texts = reference_embeddings(family, folder, [decode_image(p.read_bytes()) for p in paths],
+                                                 TEXTS[:4])
+    ours = np.array([r["embedding"] for r in torch_records], np.float32)
+    onnx = np.array([r["embedding"] for r in onnx_records], np.float32)
+    assert np.sum(ours[:len(paths)] * ref_images, axis=1).min() >= 0.999
+    assert np.sum(ours[len(paths):] * ref_texts, axis=1).min() >= 0.9999
+    assert np.sum(ours * onnx, axis=1).min() >= 0.9999
+
+
+def test_embed_command_reports_an_unreadable_image_and_needs_an_input(family_model, tmp_path, capsys):
+    from batch_jobs.cli import main
+
+    _, folder = family_model
+    assert main(["embed", "--model", folder]) == 2
+    capsys.readouterr()
+    assert main(["embed", "--model", folder, "--image", str(tmp_path / "missing.jpg"), "--text", "a cup"]) == 1
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert "error" in records[0] and "embedding" not in records[0] and len(records[1]["embedding"]) > 0
