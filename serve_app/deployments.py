@@ -137,7 +137,8 @@ class Retriever:
     def info(self) -> dict[str, Any]:
         info = self.index.info
         return {"index": self.index.uri, "products": self.index.count(), "model_id": info.model_id, "dim": info.dim,
-                "runtime": info.runtime, "dtype": info.dtype}
+                "runtime": info.runtime, "dtype": info.dtype, "family": info.family,
+                "preprocessing": info.preprocessing}
 
     def check_health(self) -> None:
         """Ray Serve's periodic health check: the index must still answer a count."""
