@@ -118,12 +118,16 @@ class Encoder:
         return (await self.batcher.submit("text", text))[None, :]
 
     async def embed_clip(self, clip: VideoQuery) -> VideoQuery:
-        """All kept frames of a clip in one forward: the same query with ``vectors`` (K, D) instead of frames."""
+        """All kept frames of a clip in one forward: the same query with ``vectors`` (K, D) instead of its
+        ``pixels`` (prepared by the VideoDecoder) or, for a query decoded without the model's geometry, ``frames``."""
         started = time.perf_counter()
-        vectors = await self.batcher.submit("clip", clip.frames)  # [K, D]
+        vectors = await self.batcher.submit("clip", clip.pixels if clip.pixels is not None else clip.frames)  # [K, D]
         return clip.embedded(vectors, 1000 * (time.perf_counter() - started))
 
     def _embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 ``(K, 3, S, S)`` prepared pixels, or ``(K, H, W, 3)`` raw frames (prepared here) → ``(K, D)``."""
+        if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[2:] == (self.embedder.geometry.crop,) * 2:
+            return self.embedder.embed_pixels(frames)
         return self.embedder.embed_pixels(self.embedder.preprocess([Image.fromarray(f) for f in frames]))
 
 

@@ -13,6 +13,7 @@ robust mode). Errors follow the contract envelope (:mod:`serve_app.errors`); a f
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -351,8 +352,9 @@ class Ingress:
 
         async def chain():
             text_vector = None if text is None else self.encoder.embed_text.remote(text)
+            geometry = dataclasses.asdict(await self._geometry_of_model())  # frames prepared as the model wants
             clip = await self.encoder.embed_clip.remote(await self.decoder.decode.remote(data, fps, max_frames,
-                                                                                         frame_thumbnails))
+                                                                                         frame_thumbnails, geometry))
             return await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion,
                                                            None if text_vector is None else await text_vector,
                                                            text_weight, offset, min_score)

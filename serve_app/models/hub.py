@@ -21,9 +21,11 @@ from serve_app.models.base import ModelLoadError
 
 RANDOM_WEIGHTS_MARKER = "random_weights.json"
 OPEN_CLIP_PREFIX = "hf-hub:"
-# What a snapshot download fetches: configs, tokenizer files and safetensors weights (not the TF/Flax/msgpack
-# copies many hub repos also hold).
-ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "*.gz", "*.tiktoken"]
+# What a snapshot download fetches: configs, tokenizer files and one family's safetensors weights (not the
+# TF/Flax/msgpack copies, nor — for a transformers id — the open_clip copy many LAION repos also hold).
+CONFIG_PATTERNS = ["*.json", "*.txt", "*.model", "*.gz", "*.tiktoken"]
+ALLOW_PATTERNS = CONFIG_PATTERNS + ["model.safetensors"]
+OPEN_CLIP_PATTERNS = CONFIG_PATTERNS + ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
 
 
 def is_local(model: str) -> bool:
@@ -63,14 +65,15 @@ def load_hint(model: str, error: Exception | str) -> str:
                "point VS_MODEL / --model at that folder, or make a random-weight folder for tests with: "
                "python -m batch_jobs make-random-model OUT --family clip|siglip|open_clip --size base")
     reason = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    return f"could not load the model from {tried}: {reason}. To fix: {fix}"
+    return f"could not load CLIP, SigLIP or open_clip from {tried}: {reason}. To fix: {fix}"
 
 
 def model_folder(model: str) -> Path:
     """The local folder holding ``model``'s files.
 
-    A local path is returned as is; a hub id (with or without ``hf-hub:``) resolves to the hub cache's snapshot,
-    downloaded first (configs, tokenizer, safetensors) when not cached and the hub answers.
+    A local path is returned as is; a hub id resolves to the hub cache's snapshot, downloaded first (configs,
+    tokenizer, and ``model.safetensors`` — or, for an ``hf-hub:`` open_clip id, ``open_clip_model.safetensors``)
+    when not cached and the hub answers.
 
     Raises:
         ModelLoadError: a local path that is not a folder, or a hub id with no cached copy and no reachable hub.
@@ -83,15 +86,16 @@ def model_folder(model: str) -> Path:
     from huggingface_hub import snapshot_download
 
     repo = model.removeprefix(OPEN_CLIP_PREFIX)
+    patterns = OPEN_CLIP_PATTERNS if model.startswith(OPEN_CLIP_PREFIX) else ALLOW_PATTERNS
     try:
-        return Path(snapshot_download(repo, local_files_only=True, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(repo, local_files_only=True, allow_patterns=patterns))
     except Exception as e:  # huggingface_hub raises LocalEntryNotFoundError and friends
         if not hub_reachable():
             raise ModelLoadError(load_hint(model, (
                 f"the hub ({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) is not reachable from this "
                 f"machine and there is no cached copy ({type(e).__name__})"))) from None
     try:
-        return Path(snapshot_download(repo, allow_patterns=ALLOW_PATTERNS))
+        return Path(snapshot_download(repo, allow_patterns=patterns))
     except Exception as e:
         raise ModelLoadError(load_hint(model, e)) from e
 
