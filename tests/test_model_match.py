@@ -20,3 +20,14 @@ def test_another_dimension_family_or_preprocessing_is_named_with_both_models():
     squashed = CLIP["preprocessing"].replace("shortest", "squash")
     pre = mismatch(CLIP | {"model_id": "clip-b32-squash", "preprocessing": squashed}, CLIP)
     assert "squash224" in pre and "shortest224" in pre and "'clip-b32-squash'" in pre
+
+
+def test_the_index_record_keeps_family_and_preprocessing_and_old_records_read_as_clip():
+    from serve_app.index.base import IndexInfo
+
+    info = IndexInfo(model_id="m", dim=768, family="siglip", preprocessing="squash224-crop224-bicubic-floor ...")
+    assert IndexInfo.from_record(info.record()) == info
+    old = {"model_id": "m", "dim": 512, "weights": "random", "runtime": "torch", "dtype": "float32"}
+    assert IndexInfo.from_record(old) == IndexInfo(model_id="m", dim=512, weights="random", family="clip",
+                                                   preprocessing="")
+    assert IndexInfo(model_id="m", dim=512).record() == old | {"weights": "pretrained"}  # unknown: written as before
