@@ -1,4 +1,9 @@
-"""CLIP's geometric image preprocessing, fast and with bounded work (no Ray import).
+"""Every model family's geometric image preprocessing, fast and with bounded work (no Ray import).
+
+Two geometries cover the families (:class:`ClipGeometry`): CLIP's and most open_clip models' shortest-edge resize
+then centre crop (described below; open_clip rounds the crop margin where Hugging Face floors it), and SigLIP's
+"squash" — the whole image resized to the square input, nothing cropped — which the same crop-box code computes
+with the whole image as the box.
 
 CLIP's image processor (``CLIPImageProcessor``: resize the shortest edge to ``size`` with bicubic resampling,
 then centre-crop ``crop × crop``; Radford et al. 2021, and the Hugging Face processor config of
@@ -13,7 +18,8 @@ at 1/2, 1/4 or 1/8 scale by libjpeg's scaled IDCT while it stays :data:`DRAFT_MA
 Work per image is then bounded by the decoded pixels (itself bounded by ``max_pixels`` and the aspect-ratio
 limit in :mod:`serve_app.images`) and the output is always ``3 × crop × crop``. The result stays within a
 few grey levels of the Hugging Face processor's (``benchmarks/preprocess_speed.py`` measures the difference
-and the embedding cosine; ``tests/test_preprocess.py`` checks them).
+and the embedding cosine; ``tests/test_preprocess.py`` checks them; ``tests/test_model_families.py`` checks every
+family's embeddings against its own reference library).
 """
 
 import json
