@@ -1,7 +1,7 @@
 """``python -m batch_jobs <command>``: the batch side's command line.
 
-Commands: sample-catalog, make-random-clip, make-random-model, embed, ingest, validate, export-onnx, make-clip,
-dedup-report, evaluate, make-eval-queries, demo.
+Commands: sample-catalog, make-random-clip, make-random-model, embed, ingest, delete, export, validate,
+export-onnx, make-clip, dedup-report, evaluate, make-eval-queries, demo.
 
 Every command takes ``--help``. Model, index and precision come from ``--model``/``--index``/``--dtype``, else
 from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
@@ -72,7 +72,8 @@ def cmd_ingest(args) -> int:
     options = ingest_options(args)
     index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
     try:
-        report = ingest(args.catalog, index, options, report=args.report, embeddings=args.embeddings)
+        report = ingest(args.catalog or args.from_embeddings, index, options, report=args.report,
+                        embeddings=args.embeddings, from_embeddings=args.from_embeddings is not None)
     except (ManifestError, ModelLoadError, IndexOpenError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,6 +84,37 @@ def cmd_ingest(args) -> int:
         return 1
     if report.skipped:
         print(f"skipped {report.skipped} bad rows; reasons in {report.report}", file=sys.stderr)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from dataclasses import asdict
+
+    from batch_jobs.catalog_updates import delete_products, read_ids
+    from serve_app.catalog import ManifestError
+    from serve_app.index import IndexOpenError
+
+    index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
+    try:
+        report = delete_products(index, read_ids(args.ids), lease_wait_s=args.lease_wait_s)
+    except (ManifestError, IndexOpenError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    emit(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from batch_jobs.catalog_updates import export_index
+    from serve_app.index import IndexOpenError
+
+    index = args.index or os.environ.get("VS_INDEX") or DEFAULT_INDEX
+    try:
+        summary = export_index(index, args.out)
+    except (IndexOpenError, OSError, storage.StorageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    emit(json.dumps(summary, indent=2))
     return 0
 
 
@@ -233,8 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_random_clip)
 
-    p = sub.add_parser("ingest", help="embed a catalog with Ray Data and bulk-load the index")
-    p.add_argument("--catalog", required=True, help=CATALOG_HELP)
+    p = sub.add_parser("ingest", help="embed a catalog (or load precomputed embeddings) with Ray Data and bulk-load "
+                                      "the index")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--catalog", help=CATALOG_HELP)
+    source.add_argument("--from-embeddings", metavar="SRC",
+                        help="load precomputed embeddings instead of embedding images: a .parquet file, folder, glob "
+                             "or s3:// prefix with product_id, embedding (D floats from --model), optional phash "
+                             "(16 hex digits or int64), title, image, category, price, brand and attribute columns")
     p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
     p.add_argument("--model", default=None, help=f"hub id or local folder (env VS_MODEL; default {DEFAULT_MODEL})")
     p.add_argument("--dtype", choices=DTYPES + ("int8",), default=None,
@@ -263,6 +301,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, help="JSON report path (default <index>/ingest_report.json)")
     p.add_argument("--embeddings", default=None, help="Parquet folder for embeddings (default under the index)")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("delete", help="delete products by id from the version the index serves (under its lease)")
+    p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
+    p.add_argument("--ids", required=True, help="text file with one product_id a line, or Parquet with product_id")
+    p.add_argument("--lease-wait-s", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for an ingestion into the same index to finish (default: refuse at once)")
+    p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("export", help="write a LanceDB index's products and embeddings as Parquet "
+                                      "(the layout ingest --from-embeddings reads)")
+    p.add_argument("--index", default=None, help=f"index URI (env VS_INDEX; default {DEFAULT_INDEX})")
+    p.add_argument("--out", required=True, help="folder (local or s3://) for part-NNNNN.parquet files")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("validate", help="dry run: read and validate every catalog row on the cluster, embed nothing")
     p.add_argument("--catalog", required=True, help=CATALOG_HELP)

@@ -1,6 +1,7 @@
 """Ray Data sink that upserts embedded rows into the index and writes the embeddings Parquet."""
 
 import io
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -33,6 +34,8 @@ class SinkResult:
     written: int = 0
     failed_count: int = 0
     already_indexed: int = 0
+    normalised: int = 0  # loaded embeddings that were not unit length (see batch_jobs.embeddings_source)
+    finish_s: float = 0.0  # seconds of the after-load step (compaction, ANN and scalar index build)
     failed: list[dict] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)
     nodes: dict[str, Counter] = field(default_factory=dict)
@@ -42,6 +45,7 @@ class SinkResult:
         self.written += other.written
         self.failed_count += other.failed_count
         self.already_indexed += other.already_indexed
+        self.normalised += other.normalised
         self.failed += other.failed[:max(0, MAX_LISTED_BAD_ROWS - len(self.failed))]
         self.near_duplicates += other.near_duplicates
         for stage, counts in other.nodes.items():
@@ -110,6 +114,8 @@ class IndexDatasink(Datasink[SinkResult]):
                         row["line"] = int(row["line"])
                     result.fail(row)
             good = table.filter(pc.equal(errors, ""))
+            if "normalised" in good.column_names:
+                result.normalised += pc.sum(good.column("normalised")).as_py() or 0
             if good.num_rows:
                 vectors = BlockAccessor.for_block(good).to_numpy("vector")
                 tables.append(index_table(good, vectors, self.info.dim))
@@ -135,7 +141,9 @@ class IndexDatasink(Datasink[SinkResult]):
     def on_write_complete(self, write_result) -> None:
         for r in write_result.write_returns:
             self.result.add(r)
+        started = time.perf_counter()
         open_index(self.index_uri, info=self.info, **self.index_options).finish_bulk_load()
+        self.result.finish_s = round(time.perf_counter() - started, 2)
 
 
 def this_node() -> str:

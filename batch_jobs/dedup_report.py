@@ -1,9 +1,8 @@
 """Batch near-duplicate report: ``python -m batch_jobs dedup-report --index URI --out FILE``.
 
 Groups the whole catalog into near-duplicate clusters: the connected components of the graph whose edges
-join products with pHash Hamming distance ≤ ``max_distance`` bits. Pairs are found exactly, block by block
-with NumPy (XOR + popcount over the packed 64-bit hashes, O(N²/block) memory-bounded), and components with a
-union-find. Output is JSON (clusters with members and the pairs that join them) or, for a ``.csv`` path,
+join products with pHash Hamming distance ≤ ``max_distance`` bits. Pairs are found exactly by multi-index hashing
+(:mod:`serve_app.hamming_index`), and components with a union-find. Output is JSON (clusters with members and the pairs that join them) or, for a ``.csv`` path,
 one row per clustered product.
 """
 
@@ -17,25 +16,14 @@ import numpy as np
 from serve_app import storage
 from serve_app.index import open_index
 from serve_app.near_duplicates import DEFAULT_MAX_DISTANCE
-from serve_app.phash import hamming_matrix, match_percent
-
-BLOCK = 2048
-
+from serve_app.hamming_index import HammingIndex
+from serve_app.phash import match_percent
 
 def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """All ``(i, j, d)`` with ``i < j`` and Hamming distance ``d ≤ max_distance`` between int64 hashes."""
-    hashes = np.asarray(hashes, dtype=np.int64)
-    pairs = []
-    for start in range(0, len(hashes), BLOCK):
-        block = hashes[start:start + BLOCK]
-        rest = hashes[start:]
-        distances = hamming_matrix(block, rest)  # [b, n-start]
-        rows, cols = np.nonzero(distances <= max_distance)
-        for r, c in zip(rows.tolist(), cols.tolist()):
-            i, j = start + r, start + c
-            if i < j:
-                pairs.append((i, j, int(distances[r, c])))
-    return pairs
+    """All ``(i, j, d)`` with ``i < j`` and Hamming distance ``d ≤ max_distance`` between int64 hashes, found
+    exactly by multi-index hashing (:meth:`serve_app.hamming_index.HammingIndex.pairs`: O(N · candidates),
+    not O(N²))."""
+    return [tuple(p) for p in HammingIndex(np.asarray(hashes, dtype=np.int64)).pairs(max_distance).tolist()]
 
 
 def clusters_from_pairs(n: int, pairs: list[tuple[int, int, int]]) -> list[list[int]]:

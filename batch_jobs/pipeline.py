@@ -46,13 +46,18 @@ class IngestOptions:
     load_in_embed_actor: bool | None = None
     max_image_bytes: int = storage.DEFAULT_MAX_BYTES
     fetch_timeout_s: float = storage.DEFAULT_TIMEOUT_S
-    ann_min_rows: int = 50_000
+    ann_min_rows: int = 50_000  # LanceDB: build the ANN index after a bulk load from this many products
+    ann_index_type: str = "IVF_HNSW_SQ"  # LanceDB: IVF_HNSW_SQ | IVF_HNSW_PQ | IVF_PQ | IVF_FLAT
+    ann_partitions: int | None = None  # LanceDB: IVF partitions (None: sqrt(N))
+    ann_sub_vectors: int | None = None  # LanceDB *_PQ: PQ sub-vectors (None: D / 16)
     flag_duplicates: int | None = None  # report products within this many pHash bits of an indexed one
     mode: str = "new-version"  # "new-version": build a new index version, then switch the alias; "upsert": in place
     keep_versions: int = 2  # index versions kept after a switch (the new one and the one it replaced)
     hnsw_m: int = 16  # OpenSearch faiss HNSW graph degree
     hnsw_ef_construction: int = 128  # OpenSearch faiss HNSW build-time candidate list
     hnsw_ef_search: int = 100  # OpenSearch faiss HNSW query-time candidate list (index setting)
+    knn_mode: str | None = None  # OpenSearch knn_vector mode: in_memory | on_disk (None: the engine's default)
+    compression_level: str | None = None  # OpenSearch knn_vector compression: 1x 2x 4x 8x 16x 32x
     lease_ttl_s: float = DEFAULT_TTL_S  # seconds a crashed run keeps the index's lease (renewed every ttl/3)
     lease_wait_s: float = DEFAULT_WAIT_S  # seconds to wait while another run holds it (0: refuse at once)
     write_concurrency: int = 2  # index writer tasks (LanceDB appends to a new version, OpenSearch bulk)
@@ -114,13 +119,30 @@ class IngestOptions:
         return self.embed_num_gpus == 0 if self.load_in_embed_actor is None else self.load_in_embed_actor
 
     def index_options(self, uri: str) -> dict:
-        """Backend settings for index ``uri`` (HNSW parameters for OpenSearch, the ANN threshold for LanceDB)."""
+        """Backend settings for index ``uri`` (HNSW and compression for OpenSearch, the ANN index for LanceDB).
+
+        Raises:
+            ValueError: an option of the other backend was set (not left at its default): it names the option.
+        """
         if is_opensearch(uri):
-            return {"m": self.hnsw_m, "ef_construction": self.hnsw_ef_construction, "ef": self.hnsw_ef_search}
-        return {"ann_min_rows": self.ann_min_rows}
+            self._refuse(LANCEDB_OPTIONS, "LanceDB", uri)
+            return {"m": self.hnsw_m, "ef_construction": self.hnsw_ef_construction, "ef": self.hnsw_ef_search,
+                    "mode": self.knn_mode, "compression_level": self.compression_level}
+        self._refuse(OPENSEARCH_OPTIONS, "OpenSearch", uri)
+        return {"ann_min_rows": self.ann_min_rows, "ann_index_type": self.ann_index_type,
+                "ann_partitions": self.ann_partitions, "ann_sub_vectors": self.ann_sub_vectors}
+
+    def _refuse(self, names: tuple[str, ...], backend: str, uri: str) -> None:
+        defaults = {f.name: f.default for f in fields(self)}
+        changed = [n for n in names if getattr(self, n) != defaults[n]]
+        if changed:
+            raise ValueError(f"{', '.join(changed)}: {backend}-only option(s), but {uri} is not a {backend} index; "
+                             "remove them from the config or the command line")
 
 
 MODES = ("new-version", "upsert")
+LANCEDB_OPTIONS = ("ann_min_rows", "ann_index_type", "ann_partitions", "ann_sub_vectors")
+OPENSEARCH_OPTIONS = ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "knn_mode", "compression_level")
 # Where the workers find S3 and OpenSearch. A local Ray's workers may have started before the caller set these,
 # so they travel with the tasks (on KubeRay the pods have them anyway). None of them is a secret: Ray writes a
 # runtime_env to its logs and keeps it in the cluster's metadata. Credentials (AWS_ACCESS_KEY_ID,
@@ -163,6 +185,8 @@ class IngestReport:
     not_published_because: str | None = None
     bad_fraction: float = 0.0
     resumed: dict | None = None  # the unpublished version this run continued: {"version", "products"}
+    source: str = "catalog"  # "catalog" (images embedded here) or "embeddings" (precomputed vectors loaded)
+    normalised: int = 0  # loaded embeddings that were not unit length and were L2-normalised
     nodes: dict = field(default_factory=dict)  # rows each stage ("load", "embed", "write") handled per Ray node
     phases: dict = field(default_factory=dict)  # seconds from the start: Ray up, catalog listed, pipeline done, published
     dropped_versions: list[str] = field(default_factory=list)
@@ -202,8 +226,10 @@ def model_info(model: str, runtime: str = "torch", dtype: str = "float32") -> In
 
 
 def ingest(catalog: str, index: str, options: IngestOptions, report: str | None = None,
-           embeddings: str | None = None) -> IngestReport:
-    """Embed and index every product of ``catalog`` into ``index``.
+           embeddings: str | None = None, from_embeddings: bool = False) -> IngestReport:
+    """Embed and index every product of ``catalog`` into ``index`` — or, with ``from_embeddings``, load the
+    precomputed embeddings of the Parquet files ``catalog`` names (:mod:`batch_jobs.embeddings_source`; the
+    vectors must come from ``options.model``, whose dimension they are checked against).
 
     ``options.mode == "new-version"`` (default) writes a new physical index version and, when at least one
     product was indexed, switches the alias ``index`` to it atomically (older versions beyond
@@ -214,16 +240,19 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
     seconds, then fails with :class:`~serve_app.index.LeaseHeld` naming the run that holds the lease.
 
     Args:
-        catalog: manifest URI (JSON Lines or CSV; local, http(s) or s3).
+        catalog: manifest URI (JSON Lines or CSV; local, http(s) or s3), or the embeddings' Parquet source.
         index: index URI (LanceDB folder or s3:// prefix, or an OpenSearch alias URL).
         options: model, precision, parallelism, mode.
         report: where to write the JSON report (default ``<index>/ingest_report.json`` for LanceDB,
             ``./ingest_report.json`` for OpenSearch).
         embeddings: folder for the embeddings Parquet (default ``<index>/embeddings/run=<UTC time>`` for
-            LanceDB; none for OpenSearch unless given).
+            LanceDB; none for OpenSearch, or when loading embeddings, unless given).
+        from_embeddings: ``catalog`` holds precomputed embeddings: nothing is embedded.
 
     Returns:
         The report (also written to ``report``). Bad rows are skipped and listed, good rows always kept.
+        ``resume`` on an index whose last run completed (nothing unpublished, the alias on a version of this
+        model) changes nothing and returns that run's report with ``resumed.already_complete`` set.
 
     Raises:
         ManifestError: the manifest cannot be read at all.
@@ -237,26 +266,37 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
 
     from batch_jobs.datasink import IndexDatasink
 
+    from batch_jobs.embeddings_source import embedding_rows, list_embedding_files
+
     started = time.perf_counter()
-    shards = list_shards(catalog)  # fail fast (ManifestError) before the lease, Ray and the model
+    # fail fast (ManifestError) before the lease, Ray and the model
+    shards = list_embedding_files(catalog) if from_embeddings else list_shards(catalog)
     info = model_info(options.model, options.runtime, options.dtype)
+    remote_index = is_opensearch(index)
+    report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
+    if options.resume and not remote_index:
+        complete = _already_complete(index, info, report)
+        if complete is not None:
+            return complete
     with lease(index, f"ingest-{uuid.uuid4().hex[:8]}", ttl_s=options.lease_ttl_s,
                wait_s=options.lease_wait_s) as held:
         init_ray()
         phases = {"ray_ready_s": round(time.perf_counter() - started, 2)}
         run = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")  # after any wait for the lease
-        remote_index = is_opensearch(index)
-        if not remote_index:
+        if not remote_index and not from_embeddings:
             embeddings = embeddings or f"{index.rstrip('/')}/embeddings/run={run}"
-        report = report or ("ingest_report.json" if remote_index else f"{index.rstrip('/')}/ingest_report.json")
         result = IngestReport(catalog=catalog, index=index, model=options.model, embeddings=embeddings,
-                              report=report, mode=options.mode)
+                              report=report, mode=options.mode,
+                              source="embeddings" if from_embeddings else "catalog")
 
         target, done = _target_version(index, info, options)
         result.version = target.version
         result.resumed = {k: done[k] for k in ("version", "products")} if done else None
-        rows, shards = catalog_rows(catalog, rows_per_block=options.rows_per_block, shards=shards,
-                                    **worker_runtime_env())
+        if from_embeddings:
+            rows = embedding_rows(shards, info.dim, **worker_runtime_env())
+        else:
+            rows, shards = catalog_rows(catalog, rows_per_block=options.rows_per_block, shards=shards,
+                                        **worker_runtime_env())
         if done:
             rows = rows.map_batches(mark_done, batch_size=None, batch_format="pyarrow",
                                     fn_kwargs={"done": done["product_ids"]}, num_cpus=0.1)
@@ -264,14 +304,18 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         sink = IndexDatasink(index, info, embeddings, index_options=options.index_options(index) | {"version": target.version},
                              flag_duplicates=options.flag_duplicates, append=options.mode == "new-version",
                              rows_per_write=options.rows_per_write)
+        writers = options.write_concurrency if options.mode == "new-version" or remote_index else 1
         try:
-            _run_pipeline(ray, rows, options, sink,
-                          concurrency=options.write_concurrency if options.mode == "new-version" or remote_index
-                          else 1)
+            if from_embeddings:  # nothing to embed: rows go straight to the writers
+                rows.write_datasink(sink, concurrency=writers,
+                                    ray_remote_args={"num_cpus": 0.25} | worker_runtime_env())
+            else:
+                _run_pipeline(ray, rows, options, sink, concurrency=writers)
         except BaseException:
             log.error("the run failed; version %s is left unpublished: `--resume` continues it", target.version)
             raise
         phases["pipeline_done_s"] = round(time.perf_counter() - started, 2)
+        phases["index_build_s"] = sink.result.finish_s  # part of the pipeline: compaction, ANN + scalar indexes
         held.check()  # renews the lease now; raises LeaseLost if another run took it over meanwhile
 
         written = sink.result
@@ -283,6 +327,7 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         result.skipped = written.failed_count
         result.bad_fraction = round(result.skipped / max(1, written.rows), 4)
         result.near_duplicates = written.near_duplicates
+        result.normalised = written.normalised
         result.nodes = {stage: dict(counts) for stage, counts in written.nodes.items()}
         if result.bad_fraction > options.max_bad_fraction:
             result.not_published_because = (
@@ -306,6 +351,35 @@ def ingest(catalog: str, index: str, options: IngestOptions, report: str | None 
         result.images_per_s = round(result.indexed / result.seconds, 2) if result.seconds else 0.0
         storage.write_bytes(report, json.dumps(asdict(result), indent=2).encode())
         return result
+
+
+def _already_complete(index: str, info: IndexInfo, report: str) -> IngestReport | None:
+    """``--resume`` with nothing to resume: when no unpublished version of ``info``'s model is left and the alias
+    serves a version of that model, the last run's report (marked ``resumed.already_complete``), so a retried
+    job exits 0 without touching the index; ``None`` otherwise (there is something to resume, or nothing was
+    ever published: the caller's usual path says so)."""
+    from serve_app.index import IndexOpenError, unpublished_versions
+
+    if unpublished_versions(index, info):
+        return None
+    try:
+        current = open_index(index)
+    except IndexOpenError:
+        return None
+    if current.info.model_id != info.model_id:
+        return None
+    try:
+        previous = json.loads(storage.read_bytes(report))
+    except (storage.StorageError, ValueError):
+        previous = {}
+    known = {f.name for f in fields(IngestReport)}
+    result = IngestReport(**{k: v for k, v in previous.items() if k in known} |
+                          {"index": index, "model": info.model_id, "catalog": previous.get("catalog", ""),
+                           "report": report})
+    result.version, result.published, result.products_in_index = current.version, True, current.count()
+    result.resumed = {"version": current.version, "products": result.products_in_index, "already_complete": True}
+    log.info("nothing to resume: %s already serves the complete version %s", index, current.version)
+    return result
 
 
 @dataclass

@@ -67,12 +67,24 @@ class AppArgs(BaseModel):
     ann_nprobes: int = Field(20, ge=1)
     ann_ef: int = Field(100, ge=1)
     ann_refine_factor: int = Field(5, ge=1)
+    exact_filter_rows: int = Field(1000, ge=0, description="LanceDB: filters matching at most this many products "
+                                   "are searched exactly instead of through the ANN index")
 
     @model_validator(mode="after")
     def _runtime_offers_dtype(self) -> "AppArgs":
         offered = {"torch": ("float32", "bfloat16"), "onnx": ("float32", "int8")}[self.runtime]
         if self.dtype not in offered:
             raise ValueError(f"runtime {self.runtime!r} runs dtype {list(offered)}, got {self.dtype!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _backend_has_options(self) -> "AppArgs":
+        from serve_app.index import is_opensearch
+
+        given = sorted(LANCEDB_ONLY & self.model_fields_set)
+        if given and is_opensearch(self.index):
+            raise ValueError(f"{', '.join(given)}: LanceDB-only settings, but {self.index} is an OpenSearch index "
+                             "(its HNSW settings are chosen at ingestion: configs/ingest.yaml)")
         return self
 
     @field_validator("index")
@@ -101,5 +113,13 @@ class AppArgs(BaseModel):
             raise ValueError(f"invalid app args: {e}") from e
 
     def index_options(self) -> dict:
+        """The Retriever's backend settings: the LanceDB query knobs, nothing for OpenSearch."""
+        from serve_app.index import is_opensearch
+
+        if is_opensearch(self.index):
+            return {}
         return {"nprobes": self.ann_nprobes, "ef": self.ann_ef, "refine_factor": self.ann_refine_factor,
-                "memory_rows": self.memory_rows}
+                "memory_rows": self.memory_rows, "exact_filter_rows": self.exact_filter_rows}
+
+
+LANCEDB_ONLY = {"memory_rows", "ann_nprobes", "ann_ef", "ann_refine_factor", "exact_filter_rows"}

@@ -26,7 +26,7 @@ from serve_app.embedding import load_embedder
 from serve_app.filters import parse_filters
 from serve_app.fusion import fuse, fuse_shots
 from serve_app.index import open_index
-from serve_app.near_duplicates import find_similar
+from serve_app.near_duplicates import find_similar, find_similar_to_product
 from serve_app.phash import to_hex
 from serve_app.results import fetch_size, hit_results, page
 from serve_app.soft_filter import pool_size, rerank_with_text, with_text_query
@@ -216,6 +216,19 @@ class Retriever:
                                           None if vector is None else np.asarray(vector).reshape(-1),
                                           **(thresholds or {}))
         return {"results": results, "query_phash": to_hex(query_hash), "mode": mode, "max_distance": max_distance}
+
+    async def find_similar_product(self, product_id: str, top: int, max_distance: int, mode: str = "phash",
+                                   thresholds: dict[str, float] | None = None) -> dict[str, Any]:
+        """Near-duplicates of a catalog product by its stored pHash, itself left out
+        (:func:`serve_app.near_duplicates.find_similar_to_product`).
+
+        Raises:
+            UnknownProducts: not in the index. NoStoredHash: it has no stored pHash.
+        """
+        query_hash, results = await asyncio.to_thread(find_similar_to_product, self.index, product_id, top,
+                                                      max_distance, mode, **(thresholds or {}))
+        return {"results": results, "query_phash": to_hex(query_hash), "mode": mode, "max_distance": max_distance,
+                "product_id": product_id}
 
     async def search_clip(self, clip: VideoQuery, k: int, filters: dict | None = None, fusion: str = "max",
                           text_vector: np.ndarray | None = None, text_weight: float = 0.5, offset: int = 0,

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from serve_app.filters import FilterError
 from serve_app.images import ImageDecodeError, ImageLimitError, UnsupportedImageError
 from serve_app.index.base import QueryDimensionError
+from serve_app.near_duplicates import NoStoredHash
 from serve_app.query_image import CropError
 from serve_app.recommend import RecommendError
 from serve_app.thumbnails import ProductNotFound, ThumbnailUnavailable
@@ -62,6 +63,7 @@ STATUS_OF = (
     (ThumbnailUnavailable, 502, "thumbnail_unavailable"),
     (CropError, 422, "invalid_request"),
     (RecommendError, 422, "invalid_request"),
+    (NoStoredHash, 422, "no_stored_phash"),
 )
 
 

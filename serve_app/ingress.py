@@ -296,36 +296,62 @@ class Ingress:
         return search_body(results, body.k, _elapsed_ms(started), body.offset, body.min_score,
                            positive=body.positive, negative=body.negative, **extra)
 
-    async def _find_similar(self, data: bytes, top: int, max_distance: int | None, mode: str, crop) -> dict:
+    async def _find_similar(self, data: bytes | None, product_id: str | None, top: int, max_distance: int | None,
+                            mode: str, crop) -> dict:
+        """Near-duplicates of a photo (``data``) or of a catalog product's stored pHash (``product_id``)."""
         started = time.perf_counter()
         max_distance = self.args.dedup_max_distance if max_distance is None else max_distance
-        photo = await self._photo(data, crop, pixels=mode == "robust", phash=True)
         thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
                       "confirm_min_score": self.args.dedup_confirm_min_score}
-        body = await self._call(lambda: _then(
-            self.encoder.embed_pixels.remote(photo.pixels) if mode == "robust" else _none(),
-            lambda vector: self.retriever.find_similar.remote(photo.phash, top, max_distance, mode, vector, thresholds)))
+        if product_id is not None:
+            body = await self._call(lambda: self.retriever.find_similar_product.remote(
+                product_id, top, max_distance, mode, thresholds))
+        else:
+            photo = await self._photo(data, crop, pixels=mode == "robust", phash=True)
+            body = await self._call(lambda: _then(
+                self.encoder.embed_pixels.remote(photo.pixels) if mode == "robust" else _none(),
+                lambda vector: self.retriever.find_similar.remote(photo.phash, top, max_distance, mode, vector,
+                                                                  thresholds)))
         if mode == "robust":
             body |= thresholds
         return body | {"top": top, "took_ms": round(_elapsed_ms(started), 2)}
 
+    async def _similar_source(self, file: UploadFile | None, image_url: str | None, product_id: str | None,
+                              crop) -> bytes | None:
+        """The photo bytes of a find_similar query, or ``None`` for a ``product_id`` query (then nothing else
+        may be sent)."""
+        if product_id is None:
+            return await self._image_bytes(file, image_url)
+        if file is not None or image_url or crop is not None:
+            raise ApiError(422, "invalid_request", "send a `product_id` alone, or a photo (`file` or `image_url`, "
+                                                   "optionally `crop`) without one")
+        if not product_id.strip():
+            raise ApiError(422, "invalid_request", "`product_id` is empty")
+        return None
+
     @app.get("/find_similar")
-    async def find_similar_url(self, image_url: str, top: int = Query(10, ge=1, le=MAX_K),
+    async def find_similar_url(self, image_url: str | None = None, product_id: str | None = None,
+                               top: int = Query(10, ge=1, le=MAX_K),
                                max_distance: int | None = Query(None, ge=0, le=64),
                                mode: str = Query("phash", pattern="^(phash|robust)$"),
                                crop: str | None = Query(None, description="JSON [x0, y0, x1, y1] fractions")):
-        """Near-duplicate listings of the image at ``image_url`` (same SSRF and size rules as image search):
-        per hit ``hamming_distance`` (0–64 bits) and ``match_percent`` = 100·(1 − d/64), closest first."""
+        """Near-duplicate listings of the image at ``image_url`` (same SSRF and size rules as image search) or of
+        the catalog product ``product_id`` (its stored pHash; the product itself is left out): per hit
+        ``hamming_distance`` (0–64 bits) and ``match_percent`` = 100·(1 − d/64), closest first."""
         box = crop_field(crop)
-        return await self._find_similar(await self._image_bytes(None, image_url), top, max_distance, mode, box)
+        data = await self._similar_source(None, image_url, product_id, box)
+        return await self._find_similar(data, product_id, top, max_distance, mode, box)
 
     @app.post("/find_similar")
-    async def find_similar_upload(self, file: UploadFile = File(...), top: int = Form(10, ge=1, le=MAX_K),
+    async def find_similar_upload(self, file: UploadFile | None = File(None), product_id: str | None = Form(None),
+                                  top: int = Form(10, ge=1, le=MAX_K),
                                   max_distance: int | None = Form(None, ge=0, le=64),
                                   mode: str = Form("phash", pattern="^(phash|robust)$"), crop: str | None = CROP_FIELD):
-        """Near-duplicate listings of an uploaded image (``mode=robust`` adds CLIP image k-NN candidates)."""
+        """Near-duplicate listings of an uploaded image (``mode=robust`` adds CLIP image k-NN candidates) or of
+        the catalog product named by the form field ``product_id``."""
         box = crop_field(crop)
-        return await self._find_similar(await self._image_bytes(file, None), top, max_distance, mode, box)
+        data = await self._similar_source(file, None, product_id, box)
+        return await self._find_similar(data, product_id, top, max_distance, mode, box)
 
     @app.post("/search/video")
     async def search_video(self, file: UploadFile = File(..., description="video clip"),

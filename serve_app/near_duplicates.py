@@ -20,6 +20,7 @@ import numpy as np
 
 from serve_app.index.base import IndexReader
 from serve_app.phash import hamming_distance, match_percent, to_hex
+from serve_app.recommend import UnknownProducts
 
 MODES = ("phash", "robust")
 DEFAULT_MAX_DISTANCE = 10
@@ -87,3 +88,32 @@ def find_similar(index: IndexReader, query_hash: int, top: int, max_distance: in
             kept.append(result | {"cosine_similarity": round(cosine, 6), "tiers": tiers})
     kept.sort(key=lambda r: (r["hamming_distance"], -r["cosine_similarity"], r["product_id"]))
     return kept[:top]
+
+
+class NoStoredHash(ValueError):
+    """The product has no stored pHash (loaded from embeddings without one): nothing to compare (HTTP 422)."""
+
+
+def find_similar_to_product(index: IndexReader, product_id: str, top: int, max_distance: int = DEFAULT_MAX_DISTANCE,
+                            mode: str = "phash", clip_min_score: float = DEFAULT_CLIP_MIN_SCORE,
+                            confirm_min_score: float = DEFAULT_CONFIRM_MIN_SCORE) -> tuple[int, list[dict[str, Any]]]:
+    """Near-duplicates of a catalog product ("show me the duplicates of this listing"): :func:`find_similar`
+    with the product's stored pHash (and, in robust mode, its stored embedding), the product itself left out.
+
+    Returns:
+        ``(stored pHash as signed int64, hits)``.
+
+    Raises:
+        UnknownProducts: ``product_id`` is not in the index. NoStoredHash: it has no stored pHash.
+        ValueError: see :func:`find_similar`.
+    """
+    stored = index.get([product_id])
+    if not stored:
+        raise UnknownProducts([product_id])
+    query_hash = stored[0].get("phash")
+    if query_hash is None:
+        raise NoStoredHash(f"product {product_id!r} has no stored pHash (it was loaded from embeddings without "
+                           "one): find its duplicates by photo instead")
+    vector = index.vectors([product_id]).get(product_id) if mode == "robust" else None
+    return query_hash, find_similar(index, query_hash, top, max_distance, mode, vector, clip_min_score,
+                                    confirm_min_score, exclude=product_id)

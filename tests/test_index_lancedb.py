@@ -124,3 +124,38 @@ def test_product_table_fills_missing_metadata_with_nulls_and_refuses_unknown_col
     assert table.column("phash").to_pylist() == [1, -2] and table.column("vector").to_pylist()[1][1] == 1.0
     with pytest.raises(ValueError, match="colour"):
         product_table(["a"], np.ones((1, DIM), np.float32), [0], colour=["red"])
+
+
+def test_with_an_ann_index_selective_filters_are_exact_and_updates_keep_the_index(tmp_path):
+    """1 % of rows (60) match ``rare``: answered exactly over the matches; rows
+    upserted after the build are searchable at once and ``finish_bulk_load`` updates the ANN index instead of
+    rebuilding it; deleted rows never come back."""
+    rng = np.random.default_rng(4)
+    centers = rng.normal(size=(20, DIM))
+    vectors = _unit(centers[rng.integers(0, 20, 6000)] + 0.3 * rng.normal(size=(6000, DIM)))
+    index = open_index(str(tmp_path), IndexInfo("m", DIM), ann_min_rows=5000, memory_rows=0)
+    index.upsert(_rows(vectors))
+    index.finish_bulk_load()
+    assert index.has_ann_index()
+    rare = np.array([i for i in range(6000) if i % 100 == 0])
+    queries = _unit(rng.normal(size=(5, DIM)))
+    hits = index.search(queries, 10, parse_filters({"category": "rare"}))
+    for q, row in zip(queries, hits):
+        expected = [f"p{i}" for i in rare[np.argsort(-(vectors[rare] @ q))[:10]]]
+        assert [h.product_id for h in row] == expected
+    through_ann = open_index(str(tmp_path), exact_filter_rows=0, memory_rows=0)  # probes scaled by 1 / 1 %
+    found = [{h.product_id for h in row} for row in through_ann.search(queries, 10, parse_filters({"category": "rare"}))]
+    exact = [{f"p{i}" for i in rare[np.argsort(-(vectors[rare] @ q))[:10]]} for q in queries]
+    assert all(len(f) == 10 and all(int(p[1:]) % 100 == 0 for p in f) for f in found)
+    assert np.mean([len(f & e) / 10 for f, e in zip(found, exact)]) >= 0.9
+    new = _unit(rng.normal(size=(10, DIM)))
+    index.upsert(_rows(new, start=6000))
+    assert [row[0].product_id for row in index.search(new, 1)] == [f"p{6000 + i}" for i in range(10)]
+    index.delete(["p6003", "p17"])
+    index.build_ann_index = lambda: pytest.fail("an index that exists is updated by optimize, not rebuilt")
+    index.finish_bulk_load()
+    vector_index = next(ix for ix in index._table.list_indices() if ix.columns == ["vector"])
+    assert index._table.index_stats(vector_index.name).num_unindexed_rows == 0
+    assert index.search(new[3:4], 5)[0][0].product_id != "p6003"
+    assert "p17" not in {h.product_id for h in index.search(vectors[17:18], 5)[0]}
+    assert index.count() == 6008

@@ -177,3 +177,54 @@ def test_find_similar_bad_input(http):
     assert forbidden.status_code == 403 and forbidden.json()["error"]["code"] == "image_url_forbidden"
     assert http.get("/find_similar").status_code == 422
     assert http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 8, 10, 13, 20, 64])
+def test_hamming_index_radius_search_equals_brute_force(max_distance):
+    from serve_app.hamming_index import HammingIndex
+
+    rng = np.random.default_rng(max_distance)
+    hashes = rng.integers(-2**63, 2**63 - 1, 20_000, dtype=np.int64)
+    for i in range(0, 400, 2):  # planted near-duplicates at 0-16 bits
+        flips = rng.choice(64, int(rng.integers(0, 17)), replace=False)
+        hashes[i + 1] = hashes[i] ^ np.int64(sum(1 << int(b) for b in flips) - (1 << 64 if 63 in flips else 0))
+    index = HammingIndex(hashes)
+    queries = np.concatenate([hashes[:40], rng.integers(-2**63, 2**63 - 1, 5, dtype=np.int64)])
+    for query, (positions, distances) in zip(queries, index.radius_search(queries, max_distance)):
+        truth = np.array([bin((int(query) ^ int(h)) & (2**64 - 1)).count("1") for h in hashes])
+        expected = np.flatnonzero(truth <= max_distance)
+        assert sorted(positions.tolist()) == expected.tolist()
+        assert distances.tolist() == truth[positions].tolist() and distances.tolist() == sorted(distances.tolist())
+
+
+def test_lancedb_hamming_search_through_the_multi_index_matches_brute_force(tmp_path):
+    rnd = random.Random(5)
+    hashes = [rnd.getrandbits(64) for _ in range(2000)]
+    hashes += [hashes[7] ^ 0b101, hashes[7] ^ (0b111111 << 30), hashes[99] ^ (1 << 63)]
+    index = open_index(str(tmp_path), IndexInfo("m", 4), memory_rows=0)  # no snapshot: the multi-index path
+    index.upsert(_hash_rows(hashes))
+    for q in (hashes[7], hashes[99] ^ 0b11, rnd.getrandbits(64)):
+        hits = index.hamming_search([_signed(q)], 50, max_distance=10)[0]
+        expected = sorted((bin(q ^ h).count("1"), f"h{i}") for i, h in enumerate(hashes)
+                          if bin(q ^ h).count("1") <= 10)
+        assert [(h.distance, h.product_id) for h in hits] == expected
+        assert all(h.metadata["phash"] == _signed(hashes[int(h.product_id[1:])]) for h in hits)
+    index.delete(["h2000"])  # a new table version: the multi-index is rebuilt from it
+    index._hash_index_checked_at = -1e9
+    assert [h.product_id for h in index.hamming_search([_signed(hashes[7])], 50, 10)[0]] == ["h7", "h2001"]
+
+
+def test_find_similar_by_product_id_over_http(http, ingested):
+    ids, hashes = open_index(ingested[0]).hashes()
+    product, query = ids[3], int(hashes[3])
+    body = http.get("/find_similar", params={"product_id": product, "max_distance": "20", "top": "50"}).json()
+    truth = sorted((bin((query ^ int(h)) & (2**64 - 1)).count("1"), pid) for pid, h in zip(ids, hashes)
+                   if pid != product and bin((query ^ int(h)) & (2**64 - 1)).count("1") <= 20)
+    assert [(r["hamming_distance"], r["product_id"]) for r in body["results"]] == truth[:50]
+    assert body["product_id"] == product and int(body["query_phash"], 16) == query & (2**64 - 1)
+    posted = http.post("/find_similar", data={"product_id": product, "max_distance": "20", "top": "50"}).json()
+    assert posted["results"] == body["results"]
+    missing = http.get("/find_similar", params={"product_id": "no-such-product"})
+    assert missing.status_code == 404 and "no-such-product" in missing.json()["error"]["message"]
+    both = http.get("/find_similar", params={"product_id": product, "image_url": "http://127.0.0.2/x.png"})
+    assert both.status_code == 422 and "product_id" in both.json()["error"]["message"]

@@ -103,3 +103,32 @@ def test_uri_forms_and_credentials_from_environment(monkeypatch):
     assert options["http_auth"] == ("reader", "pw") and options["ca_certs"] == "/etc/ssl/certs/ca.pem"
     monkeypatch.setenv("VS_OPENSEARCH_VERIFY_CERTS", "false")
     assert client_options("https://h:9200")["verify_certs"] is False
+
+
+def test_on_disk_mode_and_compression_level_go_on_the_vector_field():
+    meta = {"model_id": "openai/clip-vit-base-patch32", "dim": 512, "weights": "pretrained", "alias": "products"}
+    body = bodies.index_body(512, m=16, ef_construction=128, ef_search=100, meta=meta, mode="on_disk",
+                             compression_level="16x")
+    assert body == golden("mapping_512_on_disk_16x.json")
+    assert "mode" not in body["mappings"]["properties"]["phash_bits"]  # binary pHash vectors stay as they are
+    with pytest.raises(ValueError, match="lucene"):
+        bodies.index_body(512, compression_level="4x")
+    with pytest.raises(ValueError, match="knn_mode"):
+        bodies.index_body(512, mode="fast")
+
+
+def test_an_option_of_the_other_backend_is_refused_by_name(tmp_path):
+    from batch_jobs.pipeline import IngestOptions
+    from serve_app.config import AppArgs
+    from serve_app.index import open_index
+
+    with pytest.raises(ValueError, match="ann_index_type: LanceDB-only"):
+        IngestOptions(model="m", ann_index_type="IVF_PQ").index_options("http://127.0.0.1:9200/products")
+    with pytest.raises(ValueError, match="compression_level: OpenSearch-only"):
+        IngestOptions(model="m", compression_level="32x").index_options(str(tmp_path))
+    assert IngestOptions(model="m").index_options("http://127.0.0.1:9200/products")["compression_level"] is None
+    with pytest.raises(ValueError, match="refine_factor: not option"):
+        open_index("http://127.0.0.1:9200/products", refine_factor=3)
+    with pytest.raises(ValueError, match="ann_refine_factor: LanceDB-only"):
+        AppArgs.from_args({"index": "http://127.0.0.1:9200/products", "ann_refine_factor": 3})
+    assert AppArgs.from_args({"index": "http://127.0.0.1:9200/products"}).index_options() == {}

@@ -30,6 +30,23 @@ def _backend(uri: str):
     return LanceDBIndex
 
 
+def check_options(uri: str, options: dict) -> None:
+    """Refuse settings the backend of ``uri`` does not have (a LanceDB option given for an OpenSearch index, or
+    the other way round) instead of dropping them silently.
+
+    Raises:
+        ValueError: the message names the unknown options, the backend and the options it has.
+    """
+    import inspect
+
+    backend = _backend(uri)
+    valid = [p for p in inspect.signature(backend.__init__).parameters if p not in ("self", "uri", "info", "version")]
+    unknown = sorted(set(options) - set(valid) - {"version"})
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not option(s) of the {backend.__name__} backend that serves {uri}; "
+                         f"its options are {valid}")
+
+
 def open_index(uri: str, info: IndexInfo | None = None, **options) -> VectorIndex:
     """Open the version the alias at ``uri`` points at (given ``info``, create and publish a first one if
     there is none). ``options`` are backend settings (``version=`` opens one physical version; see
@@ -37,14 +54,16 @@ def open_index(uri: str, info: IndexInfo | None = None, **options) -> VectorInde
 
     Raises:
         IndexOpenError: nothing at ``uri`` and no ``info``; a dimension mismatch; refused credentials.
-        ValueError: a malformed OpenSearch URI.
+        ValueError: a malformed OpenSearch URI; an option the backend does not have (:func:`check_options`).
     """
+    check_options(uri, options)
     return _backend(uri)(uri, info=info, **options)
 
 
 def create_version(uri: str, info: IndexInfo, **options) -> VectorIndex:
     """A new, empty physical index version for ``info``'s model under the alias ``uri``; search keeps using the
     current version until the returned handle's :meth:`~VectorIndex.publish` switches the alias."""
+    check_options(uri, options)
     return _backend(uri).create_version(uri, info, **options)
 
 

@@ -8,9 +8,15 @@ every ``READ_CONSISTENCY_S``. Writers take turns: an ingestion holds the lease `
 the alias file (:mod:`serve_app.index.lease`) from creating its version to publishing it. Search uses LanceDB's ``cosine`` distance ``d = 1 − cos``, so
 ``score = 1 − d`` (LanceDB docs, "Vector search → distance metrics"). Below ``ann_min_rows`` the table has no
 vector index and LanceDB scans it exactly (flat search); after a bulk load that reaches the threshold an
-``IVF_HNSW_SQ`` index is built and queried with ``nprobes``/``ef``/``refine_factor`` (re-ranking the
-candidates with full-precision vectors). Filters are SQL predicates with ``prefilter=True``, so they are
-applied before the k-NN search and k results come back whenever ≥ k rows match.
+ANN index (``ann_index_type``, default ``IVF_HNSW_SQ``) is built and queried with ``nprobes``/``ef``/
+``refine_factor`` (re-ranking the candidates with full-precision vectors). Filters are SQL predicates with
+``prefilter=True``, so they are applied before the k-NN search. With an ANN index, a filter matching few rows
+(``exact_filter_rows``) is answered by an exact search over them (found through the scalar indexes), a filter
+matching a share ``s`` of the rows probes ``nprobes / s`` partitions, and a filtered ANN query that still finds
+fewer than k rows is answered again exactly, so k results come back whenever ≥ k rows match. Rows upserted after the ANN build are searched
+exactly beside it (LanceDB searches unindexed rows by default) until :meth:`LanceDBIndex.finish_bulk_load`
+folds them in with ``optimize``; deleted rows are never returned. Hamming search goes through a
+:class:`~serve_app.hamming_index.HammingIndex` (multi-index hashing) of the table version's pHashes.
 """
 
 import json
@@ -25,6 +31,7 @@ import pyarrow as pa
 
 from serve_app import storage
 from serve_app.filters import Clause, sql_string, to_sql
+from serve_app.hamming_index import HammingIndex
 from serve_app.index.base import (FACET_FIELDS, METADATA_FIELDS, RANGE_FIELDS, HashHit, Hit, IndexInfo,
                                   IndexOpenError, VectorIndex, check_query_vectors, check_same_dimension,
                                   next_version_name, product_metadata, row_schema, stored_schema, version_of,
@@ -38,6 +45,10 @@ READ_CONSISTENCY_S = 10.0
 MEMORY_ROWS = DEFAULT_MEMORY_ROWS
 INFO_FILE = "visual_search.json"
 LEASE_FILE = "visual_search.lock"
+# LanceDB's vector index types (LanceDB docs, "Vector indexes"): IVF partitions, then HNSW graphs per partition
+# and/or scalar (SQ, 8-bit) or product (PQ) quantisation of the vectors; refine_factor re-ranks on full vectors.
+ANN_INDEX_TYPES = ("IVF_HNSW_SQ", "IVF_HNSW_PQ", "IVF_PQ", "IVF_FLAT")
+MAX_NPROBES = 100_000  # above any partition count: LanceDB probes all partitions then
 
 
 class LanceDBIndex(VectorIndex):
@@ -55,19 +66,36 @@ class LanceDBIndex(VectorIndex):
         nprobes: IVF partitions probed per query (LanceDB default 20).
         ef: HNSW candidate list size per query.
         refine_factor: re-rank ``k × refine_factor`` candidates on full vectors.
+        ann_index_type: one of :data:`ANN_INDEX_TYPES`, built by :meth:`finish_bulk_load`.
+        ann_partitions: IVF partitions (``None``: √N, the usual rule of thumb of LanceDB's "ANN indexes" guide).
+        ann_sub_vectors: PQ sub-vectors (``*_PQ`` types; ``None``: D / 16, 32 for 512-d — 32 bytes a vector).
+        exact_filter_rows: a filter matching at most this many rows is answered by an exact search over them;
+            a filter matching a share ``s`` of a larger table probes ``nprobes / s`` IVF partitions (its nearest
+            rows are spread over more partitions: at 2 % and 20 probes recall@10 fell to 0.3 at 100k in
+            ``benchmarks/scale_ladder.py``; probing all partitions gave 1.0).
 
     Raises:
         IndexOpenError: no index at ``uri`` and no ``info``; an unknown ``version``; or ``info.dim`` differs
             from the current version's.
+        ValueError: an unknown ``ann_index_type``.
     """
 
     def __init__(self, uri: str, info: IndexInfo | None = None, version: str | None = None,
                  ann_min_rows: int = 50_000, nprobes: int = 20, ef: int = 100, refine_factor: int = 5,
-                 memory_rows: int | None = None):
+                 memory_rows: int | None = None, ann_index_type: str = "IVF_HNSW_SQ",
+                 ann_partitions: int | None = None, ann_sub_vectors: int | None = None,
+                 exact_filter_rows: int = 1000):
         import lancedb
 
+        if ann_index_type not in ANN_INDEX_TYPES:
+            raise ValueError(f"ann_index_type must be one of {ANN_INDEX_TYPES}, got {ann_index_type!r}")
         self.uri = uri
         self.ann_min_rows = ann_min_rows
+        self.ann_index_type, self.ann_partitions, self.ann_sub_vectors = ann_index_type, ann_partitions, ann_sub_vectors
+        self.exact_filter_rows = exact_filter_rows
+        self._matching: dict[tuple[int, str], int] = {}
+        self._hash_index: tuple[int, pa.Array, HammingIndex] | None = None
+        self._hash_index_checked_at = -1e9
         self.nprobes, self.ef, self.refine_factor = nprobes, ef, refine_factor
         self.memory_rows = MEMORY_ROWS if memory_rows is None else memory_rows
         self._snapshot: MemorySnapshot | None = None
@@ -158,10 +186,14 @@ class LanceDBIndex(VectorIndex):
         return self._read_state()
 
     def _stored_rows(self, rows: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
         rows = rows.select(row_schema(self.info.dim).names).cast(row_schema(self.info.dim))
-        bits = pack_bits(rows.column("phash").to_numpy(zero_copy_only=False))
-        return rows.append_column(stored_schema(self.info.dim).field("phash_bits"),
-                                  pa.FixedSizeListArray.from_arrays(pa.array(bits.ravel(), pa.uint8()), 8))
+        phash = rows.column("phash").combine_chunks()
+        bits = pack_bits(pc.fill_null(phash, 0).to_numpy())  # a product without a pHash: null bits
+        missing = pc.is_null(phash) if phash.null_count else None
+        return rows.append_column(stored_schema(self.info.dim).field("phash_bits"), pa.FixedSizeListArray.from_arrays(
+            pa.array(bits.ravel(), pa.uint8()), 8, mask=missing))
 
     def upsert(self, rows: pa.Table) -> int:
         if rows.num_rows == 0:
@@ -210,15 +242,33 @@ class LanceDBIndex(VectorIndex):
         return self._ann
 
     def finish_bulk_load(self) -> None:
-        """Compact the table's fragments and, from ``ann_min_rows`` rows, (re)build the IVF_HNSW_SQ index."""
+        """Compact the table's fragments and fold rows added since the ANN build into its index (LanceDB's
+        ``optimize``: an update, not a rebuild); a table without an ANN index gets one (``ann_index_type``) once
+        it holds ``ann_min_rows`` rows."""
         self._table.optimize()
         rows = self.count()
-        if rows >= self.ann_min_rows:
-            # ~sqrt(N) partitions, the usual IVF rule of thumb (LanceDB "ANN indexes" guide).
-            partitions = max(1, int(math.sqrt(rows)))
-            self._table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ",
-                                     num_partitions=partitions, replace=True)
-            self._ann_checked_at = -1e9
+        has_index = any(ix.columns == ["vector"] for ix in self._table.list_indices())
+        if rows >= self.ann_min_rows and not has_index:
+            self.build_ann_index()
+            self.build_scalar_indexes()
+
+    def build_scalar_indexes(self) -> None:
+        """B-tree on ``product_id`` (lookups by id: more-like-this, find_similar by product, deletes) and
+        ``price``, bitmaps on the keyword filter fields (LanceDB docs, "Scalar indexes"): without them every
+        lookup and prefilter reads the whole column. ``optimize`` keeps them current after updates."""
+        for column, kind in (("product_id", "BTREE"), ("price", "BTREE")) + tuple((f, "BITMAP") for f in FACET_FIELDS):
+            self._table.create_scalar_index(column, index_type=kind, replace=True)
+
+    def build_ann_index(self) -> float:
+        """(Re)build the ``ann_index_type`` index on ``vector`` now; returns the seconds it took."""
+        started = time.perf_counter()
+        partitions = self.ann_partitions or max(1, int(math.sqrt(self.count())))
+        extra = {"num_sub_vectors": self.ann_sub_vectors or max(1, self.info.dim // 16)} \
+            if self.ann_index_type.endswith("PQ") else {}
+        self._table.create_index(metric="cosine", vector_column_name="vector", index_type=self.ann_index_type,
+                                 num_partitions=partitions, replace=True, **extra)
+        self._ann_checked_at = -1e9
+        return time.perf_counter() - started
 
     def search(self, vectors: np.ndarray, k: int, filters: list[Clause] | None = None) -> list[list[Hit]]:
         vectors = check_query_vectors(vectors, self.info)
@@ -233,27 +283,70 @@ class LanceDBIndex(VectorIndex):
         where = to_sql(filters or [])
         if where:
             query = query.where(where, prefilter=True)
-        if self.has_ann_index():
+        ann = self.has_ann_index()
+        if ann and where:
+            matching = self._matching_rows(where)
+            if matching <= self.exact_filter_rows:  # few matches: an exact search over them is cheap and sure
+                return _vector_hits(query.bypass_vector_index().to_arrow(), n_queries)
+            # IVF partitions hold a share s of a filter's rows: probe 1/s times as many (Lance caps at all of them)
+            share = matching / max(1, self._table.count_rows())
+            query = query.nprobes(min(MAX_NPROBES, math.ceil(self.nprobes / share))).ef(self.ef) \
+                .refine_factor(self.refine_factor)
+        elif ann:
             query = query.nprobes(self.nprobes).ef(self.ef).refine_factor(self.refine_factor)
-        table = query.to_arrow()
-        hits: list[list[Hit]] = [[] for _ in range(n_queries)]
-        query_index = table.column("query_index").to_pylist() if "query_index" in table.column_names else None
-        for i, row in enumerate(table.to_pylist()):
-            row.pop("query_index", None)
-            score = 1.0 - float(row.pop("_distance"))
-            hits[query_index[i] if query_index else 0].append(Hit(row["product_id"], score, product_metadata(row)))
-        for h in hits:
-            h.sort(key=lambda hit: -hit.score)
+        hits = _vector_hits(query.to_arrow(), n_queries)
+        if ann and where:  # the probed partitions may still hold fewer than k matching rows
+            for i in (i for i, h in enumerate(hits) if len(h) < k):
+                exact = (self._table.search(vectors[i], vector_column_name="vector").distance_type("cosine")
+                         .limit(k).select(list(METADATA_FIELDS) + ["_distance"]).where(where, prefilter=True)
+                         .bypass_vector_index())
+                hits[i] = _vector_hits(exact.to_arrow(), 1)[0]
         return hits
+
+    def _matching_rows(self, where: str) -> int:
+        """Rows matching the SQL filter ``where`` (a count through the scalar indexes, cached per table version
+        and filter)."""
+        table = self._table
+        key = (table.version, where)
+        if key not in self._matching:
+            if len(self._matching) > 256:
+                self._matching.clear()
+            self._matching[key] = table.count_rows(where)
+        return self._matching[key]
+
+    def _hashes(self) -> tuple[pa.Array, HammingIndex]:
+        """The current table version's ids and :class:`HammingIndex` (rows without a pHash left out), rebuilt
+        when the version changes (re-checked at most every READ_CONSISTENCY_S, like the table)."""
+        import pyarrow.compute as pc
+
+        table = self._table
+        if self._hash_index is None or time.monotonic() - self._hash_index_checked_at > READ_CONSISTENCY_S:
+            self._hash_index_checked_at = time.monotonic()
+            version = table.version
+            if self._hash_index is None or self._hash_index[0] != version:
+                rows = self._scan(["product_id", "phash"])
+                rows = rows.filter(pc.is_valid(rows.column("phash")))
+                self._hash_index = (version, rows.column("product_id").combine_chunks(),
+                                    HammingIndex(rows.column("phash").to_numpy()))
+        return self._hash_index[1], self._hash_index[2]
 
     def hamming_search(self, hashes: list[int], k: int, max_distance: int = 64,
                        filters: list[Clause] | None = None) -> list[list[HashHit]]:
-        """LanceDB flat search with ``distance_type("hamming")`` on ``phash_bits`` (exact)."""
+        """Exact: from the in-memory snapshot (small tables), a :class:`HammingIndex` radius search (no filter),
+        or LanceDB's flat search with ``distance_type("hamming")`` on ``phash_bits`` (with a filter)."""
         if not hashes:
             return []
         memory = self._memory()
         if memory is not None:
             return memory.hamming_search(hashes, k, max_distance, filters)
+        if not filters:
+            ids, index = self._hashes()
+            hits = []
+            for positions, distances in index.radius_search(np.asarray(hashes, np.int64), max_distance):
+                found = sorted(zip(distances.tolist(), ids.take(pa.array(positions)).to_pylist()))[:k]
+                meta = {m["product_id"]: m for m in self.get([pid for _, pid in found])}
+                hits.append([HashHit(pid, d, meta[pid]) for d, pid in found if pid in meta])
+            return hits
         bits = pack_bits(np.asarray(hashes, dtype=np.int64))
         query = (self._table.search(list(bits) if len(bits) > 1 else bits[0], vector_column_name="phash_bits")
                  .distance_type("hamming").limit(k).select(list(METADATA_FIELDS) + ["phash", "_distance"])
@@ -288,8 +381,16 @@ class LanceDBIndex(VectorIndex):
         """Every row, only ``columns`` read (LanceDB is columnar)."""
         return self._table.search().select(columns).limit(max(1, self.count())).to_arrow()
 
+    def scan_batches(self, columns: list[str], rows_per_batch: int):
+        """Every row, only ``columns``, as Arrow record batches of up to ``rows_per_batch`` rows (streamed: memory
+        does not grow with the table)."""
+        return self._table.search().select(columns).limit(max(1, self.count())).to_batches(rows_per_batch)
+
     def hashes(self) -> tuple[list[str], np.ndarray]:
+        import pyarrow.compute as pc
+
         table = self._scan(["product_id", "phash"])
+        table = table.filter(pc.is_valid(table.column("phash")))  # products loaded without a pHash have none
         return table.column("product_id").to_pylist(), table.column("phash").to_numpy().astype(np.int64)
 
     def delete(self, product_ids: list[str]) -> int:
@@ -337,6 +438,20 @@ class LanceDBIndex(VectorIndex):
         table = self._scan(["product_id", "vector"])
         vectors = table.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.info.dim)
         return table.column("product_id").to_pylist(), vectors.astype(np.float32)
+
+
+def _vector_hits(table: pa.Table, n_queries: int) -> list[list[Hit]]:
+    """A LanceDB k-NN result (``_distance`` = 1 − cos, ``query_index`` for several queries) as ``n_queries``
+    lists of hits, best first."""
+    hits: list[list[Hit]] = [[] for _ in range(n_queries)]
+    query_index = table.column("query_index").to_pylist() if "query_index" in table.column_names else None
+    for i, row in enumerate(table.to_pylist()):
+        row.pop("query_index", None)
+        score = 1.0 - float(row.pop("_distance"))
+        hits[query_index[i] if query_index else 0].append(Hit(row["product_id"], score, product_metadata(row)))
+    for h in hits:
+        h.sort(key=lambda hit: -hit.score)
+    return hits
 
 
 def storage_options(uri: str) -> dict[str, str] | None:

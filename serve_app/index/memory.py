@@ -44,13 +44,18 @@ class MemorySnapshot:
     columns: dict[str, np.ndarray]
     position: dict[str, int]
     id_rank: np.ndarray  # int64 (N,): each row's rank in id order (ties of equal distance go by id)
+    has_hash: np.ndarray  # bool (N,): rows with a pHash (products loaded from embeddings may have none)
 
     @classmethod
     def from_arrow(cls, table: pa.Table, version: int, dim: int) -> "MemorySnapshot":
         """Build from every row of the table (its :data:`COLUMNS`)."""
         ids = table.column("product_id").to_pylist()
         vectors = np.asarray(table.column("vector").combine_chunks().flatten().to_numpy(), np.float32).reshape(-1, dim)
-        hashes = np.asarray(table.column("phash").to_numpy(zero_copy_only=False), np.int64)
+        import pyarrow.compute as pc
+
+        phash = table.column("phash")
+        hashes = np.asarray(pc.fill_null(phash, 0).to_numpy(), np.int64)
+        has_hash = pc.is_valid(phash).to_numpy()
         rows = table.select([c for c in METADATA_FIELDS]).to_pylist()
         columns = {"product_id": np.asarray(ids, dtype=object),
                    "category": np.asarray(table.column("category").to_pylist(), dtype=object),
@@ -59,7 +64,7 @@ class MemorySnapshot:
         id_rank = np.empty(len(ids), np.int64)
         id_rank[np.argsort(np.asarray(ids, dtype=object), kind="stable")] = np.arange(len(ids))
         return cls(version, ids, vectors, hashes, [product_metadata(r) for r in rows], columns,
-                   {pid: i for i, pid in enumerate(ids)}, id_rank)
+                   {pid: i for i, pid in enumerate(ids)}, id_rank, np.asarray(has_hash, bool))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,6 +91,7 @@ class MemorySnapshot:
                        filters: Sequence[Clause] | None = None) -> list[list[HashHit]]:
         """Exact Hamming k-NN over the stored pHashes, ``distance ≤ max_distance``, closest first (ties by id)."""
         rows = self._candidates(filters)
+        rows = rows[self.has_hash[rows]]
         distances = hamming_matrix(np.asarray(hashes, np.int64), self.hashes[rows])  # [Q, M]
         out = []
         for d in distances:
@@ -101,5 +107,5 @@ class MemorySnapshot:
 
     def get(self, product_ids: Sequence[str]) -> list[dict[str, Any]]:
         """Stored metadata and ``phash`` of the given products, in the order given; unknown ids are left out."""
-        return [dict(self.metadata[i]) | {"phash": int(self.hashes[i])}
+        return [dict(self.metadata[i]) | {"phash": int(self.hashes[i]) if self.has_hash[i] else None}
                 for i in (self.position.get(p) for p in product_ids) if i is not None]

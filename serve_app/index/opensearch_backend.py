@@ -94,20 +94,24 @@ class OpenSearchIndex(VectorIndex):
         m, ef_construction: faiss HNSW build parameters for new versions (configs/ingest.yaml).
         ef: HNSW ``ef_search`` for new versions (index setting).
         bulk_chunk: documents per ``_bulk`` request. max_retries: retries of documents rejected with 429.
+        mode, compression_level: the vector field's ``mode`` (``in_memory``/``on_disk``) and
+            ``compression_level`` (``1x``–``32x``) for new versions (:func:`~serve_app.index.opensearch_bodies.vector_storage`).
 
     Raises:
         IndexOpenError: no alias and no ``info``; wrong dimension; refused credentials; unreachable cluster.
-        ValueError: a malformed URI.
+        ValueError: a malformed URI, an unknown mode or compression level.
     """
 
     def __init__(self, uri: str, info: IndexInfo | None = None, version: str | None = None, m: int = 16,
                  ef_construction: int = 128, ef: int = 100, bulk_chunk: int = 500, max_retries: int = 5,
-                 initial_backoff_s: float = 0.5, **_lancedb_only):
+                 initial_backoff_s: float = 0.5, mode: str | None = None, compression_level: str | None = None):
         from opensearchpy import OpenSearch
 
         self.uri = uri
         self.base_url, self.alias = parse_uri(uri)
         self.m, self.ef_construction, self.ef_search = m, ef_construction, ef
+        self.storage = {"mode": mode, "compression_level": compression_level}
+        bodies.vector_storage(**self.storage)  # refuse a bad value before anything is created
         self.bulk_chunk, self.max_retries, self.initial_backoff_s = bulk_chunk, max_retries, initial_backoff_s
         self.client = OpenSearch(**client_options(self.base_url))
         self._async_client = None
@@ -174,7 +178,7 @@ class OpenSearchIndex(VectorIndex):
         name = next_version_name(self.alias, info.model_id, self._versions(candidates) + taken)
         meta = info.record() | {"alias": self.alias}
         self.client.indices.create(index=name, body=bodies.index_body(
-            info.dim, self.m, self.ef_construction, self.ef_search, meta=meta))
+            info.dim, self.m, self.ef_construction, self.ef_search, meta=meta, **self.storage))
         return name
 
     def _read_info(self, index: str) -> IndexInfo:

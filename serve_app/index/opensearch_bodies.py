@@ -29,8 +29,30 @@ PHASH_BITS = 64
 SOURCE_FIELDS = list(METADATA_FIELDS) + ["phash"]
 
 
+KNN_MODES = ("in_memory", "on_disk")
+# compression_level with the faiss engine: 1x (none), 2x (fp16), 8x/16x/32x (binary quantisation, rescored on full
+# vectors); 4x is Lucene's byte quantisation and needs the lucene engine (docs.opensearch.org, *Memory-optimized
+# vectors → Compression levels*).
+FAISS_COMPRESSION_LEVELS = ("1x", "2x", "8x", "16x", "32x")
+
+
+def vector_storage(mode: str | None = None, compression_level: str | None = None) -> dict[str, str]:
+    """The ``knn_vector`` field's ``mode`` and ``compression_level`` (only those given; OpenSearch ≥ 2.17).
+
+    Raises:
+        ValueError: an unknown mode, or a compression level the faiss engine does not have.
+    """
+    if mode is not None and mode not in KNN_MODES:
+        raise ValueError(f"knn_mode must be one of {KNN_MODES}, got {mode!r}")
+    if compression_level is not None and compression_level not in FAISS_COMPRESSION_LEVELS:
+        raise ValueError(f"compression_level must be one of {FAISS_COMPRESSION_LEVELS} with the faiss engine, got "
+                         f"{compression_level!r} (4x needs the lucene engine)")
+    return {k: v for k, v in (("mode", mode), ("compression_level", compression_level)) if v is not None}
+
+
 def index_body(dim: int, m: int = 16, ef_construction: int = 128, ef_search: int = 100,
-               meta: dict[str, Any] | None = None, shards: int = 1, replicas: int = 1) -> dict[str, Any]:
+               meta: dict[str, Any] | None = None, shards: int = 1, replicas: int = 1, mode: str | None = None,
+               compression_level: str | None = None) -> dict[str, Any]:
     """Settings and mappings of one physical index version.
 
     Args:
@@ -38,7 +60,13 @@ def index_body(dim: int, m: int = 16, ef_construction: int = 128, ef_search: int
             defaults 16 and 100; we default ``ef_construction`` to 128 for better recall at 512-d).
         ef_search: HNSW candidate list at query time (index setting ``knn.algo_param.ef_search``).
         meta: stored as the mapping's ``_meta`` (model id, dimension, weights kind).
+        mode, compression_level: see :func:`vector_storage` (``on_disk`` defaults to 32x compression with
+            rescoring; memory per vector ≈ 1.1 × (d·bits/8 + 8m) bytes, docs *k-NN memory estimation*).
+
+    Raises:
+        ValueError: see :func:`vector_storage`.
     """
+    storage = vector_storage(mode, compression_level)
     return {
         "settings": {"index": {"knn": True, "knn.algo_param.ef_search": ef_search,
                                "number_of_shards": shards, "number_of_replicas": replicas}},
@@ -55,7 +83,7 @@ def index_body(dim: int, m: int = 16, ef_construction: int = 128, ef_search: int
                 "attributes": {"type": "keyword", "index": False, "doc_values": False},
                 "phash": {"type": "long"},
                 VECTOR_FIELD: {
-                    "type": "knn_vector", "dimension": dim, "space_type": "innerproduct",
+                    "type": "knn_vector", "dimension": dim, "space_type": "innerproduct", **storage,
                     "method": {"name": "hnsw", "engine": "faiss",
                                "parameters": {"m": m, "ef_construction": ef_construction}},
                 },
