@@ -40,6 +40,17 @@ def test_a_base_model_of_each_family_ingests_serves_and_finds_20_of_20_products_
     index = str(tmp_path_factory.mktemp(f"index-{family}") / "lancedb")
     report = ingest(str(catalog), index, IngestOptions(model=folder, batch_size=8, fetch_timeout_s=2.0))
     assert report.products_in_index == len(sample_rows)
+    # The vectors the index stores are what the family's own library computes from the same photos.
+    from serve_app.images import decode_image
+    from serve_app.index import open_index
+    from tests.test_model_families import reference_embeddings
+
+    rows = sample_rows[:10]
+    stored = open_index(index).vectors([r["product_id"] for r in rows])
+    reference, _ = reference_embeddings(family, folder, [decode_image(Path(r["image"]).read_bytes()) for r in rows],
+                                        ["x"])
+    cosines = [float(stored[r["product_id"]] @ reference[i]) for i, r in enumerate(rows)]
+    assert min(cosines) >= 0.999, (family, min(cosines))
     name, prefix = f"family_{family}", f"/family-{family.replace('_', '-')}"
     serve.run(build_app({"model": folder, "index": index}), name=name, route_prefix=prefix, blocking=False)
     try:
