@@ -14,9 +14,10 @@ RUN install -d -o 1000 -g 100 /home/ray/app
 USER 1000:100
 WORKDIR /home/ray/app
 
-# PyTorch: the constraint torch==2.13.0 resolves to the default Linux wheel, which bundles CUDA: what the GPU
-# worker groups need (CPU pods run the same wheel on CPU). For a CPU-only image, start from
-# rayproject/ray:2.60.0-py311 and install torch==2.13.0 from PyTorch's CPU wheel index before this step.
+# PyTorch: the constraints torch==2.14.1 / torchvision==0.29.1 (a matching pair: open_clip imports torchvision)
+# resolve to the default Linux wheels, which bundle CUDA: what the GPU worker groups need (CPU pods run the same
+# wheels on CPU). For a CPU-only image, start from rayproject/ray:2.60.0-py311 and install that pair from
+# PyTorch's CPU wheel index before this step.
 COPY --chown=1000:100 pyproject.toml README.md constraints.txt ./
 COPY --chown=1000:100 serve_app ./serve_app
 COPY --chown=1000:100 batch_jobs ./batch_jobs

@@ -1,7 +1,7 @@
 """``python -m batch_jobs <command>``: the batch side's command line.
 
-Commands: sample-catalog, make-random-clip, ingest, delete, export, validate, export-onnx, make-clip,
-dedup-report, evaluate, make-eval-queries, demo.
+Commands: sample-catalog, make-random-clip, make-random-model, embed, ingest, delete, export, validate,
+export-onnx, make-clip, dedup-report, evaluate, make-eval-queries, demo.
 
 Every command takes ``--help``. Model, index and precision come from ``--model``/``--index``/``--dtype``, else
 from ``VS_MODEL``/``VS_INDEX``/``VS_DTYPE``, else from the defaults (DESIGN.md).
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many products")
     p.set_defaults(func=cmd_sample_catalog)
 
-    p = sub.add_parser("make-random-clip", help="write a random-weight CLIP folder (tests, offline runs)")
+    p = sub.add_parser("make-random-clip", help="write a random-weight CLIP folder (make-random-model --family clip)")
     p.add_argument("out", help="folder to create")
     p.add_argument("--size", choices=["tiny", "base"], default="tiny", help="tiny (tests) or base (ViT-B/32)")
     p.add_argument("--seed", type=int, default=0)
@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=20, help="bad rows printed to stderr")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("export-onnx", help="export the CLIP towers to ONNX (runtime: onnx) into the model's cache")
+    p = sub.add_parser("export-onnx", help="export the model's towers to ONNX (runtime: onnx) into the model's cache")
     p.add_argument("--model", default=None, help=f"hub id or local folder (env VS_MODEL; default {DEFAULT_MODEL})")
     p.add_argument("--dtype", choices=("float32", "int8"), default="float32",
                    help="int8: also ONNX Runtime's dynamic quantisation (check recall before serving it)")
@@ -382,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_eval_queries)
 
     from batch_jobs.demo import add_demo_parser
+    from batch_jobs.model_commands import add_model_parsers
 
+    add_model_parsers(sub)
     add_demo_parser(sub)
     return parser
 

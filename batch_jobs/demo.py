@@ -1,7 +1,7 @@
 """``python -m batch_jobs demo``: the main job — sample catalog → Ray Data ingestion → ``serve run``.
 
 Model choice: ``--model``/``VS_MODEL`` when given (it must load; no fallback). Otherwise the hub default
-``openai/clip-vit-base-patch32``; when the hub is unreachable and there is no cached copy, this command —
+``laion/CLIP-ViT-B-32-laion2B-s34B-b79K`` (:data:`serve_app.models.DEFAULT_MODEL`); when the hub is unreachable and there is no cached copy, this command —
 and only this command — falls back to a generated random-weight ViT-B/32 folder and says so loudly; the
 service then reports ``"model_weights": "random"`` on ``/healthz``.
 """

@@ -270,14 +270,14 @@ class LocalSearcher:
 
     Raises:
         IndexOpenError: no index at ``index``. ModelLoadError: the model cannot be loaded.
-        EvaluationError: the model's embedding dimension is not the index's.
+        EvaluationError: the model's embedding dimension, family or preprocessing is not the index's.
     """
 
     def __init__(self, index: str, model: str | None = None, runtime: str | None = None, dtype: str | None = None,
                  batch_size: int = 16):
         from serve_app.embedding import load_embedder
         from serve_app.index import open_index
-        from serve_app.preprocess import ClipGeometry
+        from serve_app.model_match import mismatch
 
         self.index = open_index(index)
         stored = self.index.info
@@ -286,10 +286,13 @@ class LocalSearcher:
         if self.embedder.dim != stored.dim:
             raise EvaluationError(f"index {index} holds {stored.dim}-d embeddings from {stored.model_id!r} but the "
                                   f"model {self.embedder.model_id!r} makes {self.embedder.dim}-d ones")
+        reason = mismatch(self.embedder.info(), stored.record() | {"family": stored.family})
+        if reason:  # another family, or another preprocessing: what serving would refuse with a 503
+            raise EvaluationError(f"index {index}: {reason}")
         if self.embedder.model_id != stored.model_id:
             log.warning("index %s was embedded with %r; evaluating with %r", index, stored.model_id,
                         self.embedder.model_id)
-        self.geometry = self.embedder.geometry or ClipGeometry()  # what the ingress prepares photos with
+        self.geometry = self.embedder.geometry  # what the ingress prepares photos with (the model family's)
         self.batch_size = batch_size
 
     def describe(self) -> dict[str, Any]:

@@ -212,16 +212,17 @@ def init_ray() -> None:
 
 
 def model_info(model: str, runtime: str = "torch", dtype: str = "float32") -> IndexInfo:
-    """Model id, embedding dimension and weights kind (read from the model's config without loading weights),
-    and the runtime and precision that will embed the catalog.
+    """Model id, family, embedding dimension, preprocessing signature and weights kind (read from the model's
+    config without loading weights), and the runtime and precision that will embed the catalog.
 
     Raises:
-        ModelLoadError: the config or processor cannot be loaded.
+        ModelLoadError: the config cannot be read.
     """
-    from serve_app.embedding import projection_dim, weights_kind
+    from serve_app.embedding import model_spec, weights_kind
 
-    return IndexInfo(model_id=model, dim=projection_dim(model), weights=weights_kind(model), runtime=runtime,
-                     dtype=dtype)
+    spec = model_spec(model)
+    return IndexInfo(model_id=model, dim=spec.dim, weights=weights_kind(model), runtime=runtime, dtype=dtype,
+                     family=spec.family, preprocessing=spec.preprocessing())
 
 
 def ingest(catalog: str, index: str, options: IngestOptions, report: str | None = None,

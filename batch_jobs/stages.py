@@ -15,38 +15,27 @@ import numpy as np
 import pyarrow as pa
 
 from serve_app import storage
-from serve_app.embedding import ClipEmbedder, load_embedder, load_processor
+from serve_app.embedding import load_embedder, model_spec
 from serve_app.images import DECODE_MIN_SIDE, decode_image
 from serve_app.phash import phash64
-from serve_app.preprocess import ClipGeometry, clip_batch, geometry_of_folder
+from serve_app.preprocess import ClipGeometry, clip_batch
 
 Batch = dict[str, np.ndarray]
 
 
-@functools.lru_cache(maxsize=2)
-def _processor_embedder(model: str) -> ClipEmbedder:
-    """A model-less embedder whose ``preprocess`` uses the model folder's image processor (cached)."""
-    return ClipEmbedder(model=None, processor=load_processor(model), model_id=model)
-
-
-@functools.lru_cache(maxsize=2)
-def _geometry(model: str) -> ClipGeometry | None:
-    """The model's CLIP resize/crop, read from its folder's JSON when it is local (no ``transformers`` import:
-    the load tasks then start in well under a second), else from its loaded processor; ``None`` when the
-    processor is not CLIP's (its own code then runs)."""
-    return geometry_of_folder(model) or _processor_embedder(model).geometry
+def _geometry(model: str) -> ClipGeometry:
+    """The model's resize/crop (any family), read from its folder's JSON (:func:`serve_app.models.model_spec`, no
+    ``transformers`` import: the load tasks start in well under a second)."""
+    return model_spec(model).geometry
 
 
 def _preprocess(model: str, image) -> np.ndarray:
-    geometry = _geometry(model)
-    if geometry is not None:
-        return clip_batch([image], geometry)[0]
-    return _processor_embedder(model).preprocess([image])[0]
+    return clip_batch([image], _geometry(model))[0]
 
 
 def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_BYTES,
                 timeout_s: float = storage.DEFAULT_TIMEOUT_S) -> Batch:
-    """Fetch and decode each row's ``image``, hash it and preprocess it for CLIP.
+    """Fetch and decode each row's ``image``, hash it and preprocess it for the model (its family's geometry).
 
     Any exception while fetching, decoding, hashing or preprocessing one row makes that row bad (its reason in
     ``error``), never the batch: a NUL byte in a path, a malformed URL or a decoder crash costs one row.
@@ -58,15 +47,11 @@ def load_images(batch: Batch, model: str, max_bytes: int = storage.DEFAULT_MAX_B
         model: hub id or folder whose image processor to use (the same as the embedding model's).
 
     Returns:
-        The input columns plus ``phash`` (int64), ``pixels`` (uint8 ``(N, 3, 224, 224)``, zeros for
-        failed rows) and ``error`` (``""`` or the reason the row failed).
+        The input columns plus ``phash`` (int64), ``pixels`` (uint8 ``(N, 3, S, S)``, ``S`` the model's input side,
+        224 for ViT-B/32; zeros for failed rows) and ``error`` (``""`` or the reason the row failed).
     """
     geometry = _geometry(model)
-    if geometry is not None:
-        side, shape = max(DECODE_MIN_SIDE, geometry.size), (3, geometry.crop, geometry.crop)
-    else:
-        embedder = _processor_embedder(model)
-        side, shape = max(DECODE_MIN_SIDE, embedder.input_side), embedder.preprocess([]).shape[1:]
+    side, shape = max(DECODE_MIN_SIDE, geometry.size), (3, geometry.crop, geometry.crop)
     n = len(batch["product_id"])
     pixels = np.zeros((n,) + tuple(shape), np.uint8)  # [N, 3, H, W]
     phashes = np.zeros(n, np.int64)

@@ -26,12 +26,13 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("orig", "mirror", "rot5", "crop90")
 
 
-def base_model(workdir: Path, size: str = "base") -> str:
-    from serve_app.random_clip import make_random_clip
+def base_model(workdir: Path, size: str = "base", family: str = "clip") -> str:
+    """A random-weight folder of ``family`` (``make-random-model``) under ``workdir``, made once."""
+    from serve_app.models.random_weights import make_random_model
 
-    folder = workdir / f"clip-random-{size}"
-    if not (folder / "model.safetensors").exists():
-        make_random_clip(folder, size)
+    folder = workdir / (f"clip-random-{size}" if family == "clip" else f"{family}-random-{size}")
+    if not (folder / "random_weights.json").exists():
+        make_random_model(folder, family, size)
     return str(folder)
 
 
@@ -84,17 +85,19 @@ def summary_ms(samples_s: list[float]) -> dict:
             "mean_ms": round(statistics.fmean(ms), 2)}
 
 
-def served_catalog(workdir: Path, n_products: int, index: str | None = None, dtype: str = "float32"):
-    """The base random model, a catalog of ``n_products`` images and an index of it (ingested with Ray Data
-    when missing or smaller). Returns ``(model, rows, index, products)``; Ray is left running."""
+def served_catalog(workdir: Path, n_products: int, index: str | None = None, dtype: str = "float32",
+                   family: str = "clip"):
+    """The base random model of ``family``, a catalog of ``n_products`` images and an index of it (ingested with
+    Ray Data when missing or smaller). Returns ``(model, rows, index, products)``; Ray is left running."""
     from batch_jobs.pipeline import IngestOptions, ingest, init_ray
     from serve_app.index import IndexOpenError, open_index
 
     workdir.mkdir(parents=True, exist_ok=True)
-    model = base_model(workdir)
+    model = base_model(workdir, family=family)
     manifest = build_catalog(workdir, n_products)
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    index = index or str(workdir / f"index-query-{n_products}")
+    suffix = "" if family == "clip" else f"-{family}"
+    index = index or str(workdir / f"index-query-{n_products}{suffix}")
     init_ray()
     try:
         products = open_index(index).count()

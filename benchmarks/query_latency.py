@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "serve.yaml"))
     parser.add_argument("--workdir", default="./data/bench")
     parser.add_argument("--index", default=None, help="reuse an index built with the same model")
+    parser.add_argument("--family", choices=["clip", "siglip", "open_clip"], default="clip",
+                        help="model family of the random base folder (make-random-model)")
     args = parser.parse_args()
 
     import httpx
@@ -105,7 +107,7 @@ def main() -> None:
     from benchmarks.serve_floor import build_floor_app
 
     model, rows, index, products = served_catalog(Path(args.workdir).resolve(), args.n_products, args.index,
-                                                  "float32" if args.dtype == "int8" else args.dtype)
+                                                  "float32" if args.dtype == "int8" else args.dtype, args.family)
     serve.start(http_options={"host": "127.0.0.1", "port": PORT},
                 logging_config={"log_level": "WARNING", "enable_access_log": False})
     server = serve_config(Path(args.config), {"model": model, "index": index, "dtype": args.dtype,
@@ -153,7 +155,7 @@ def main() -> None:
         serve.delete(name)
     server.stop()  # `serve run` shuts Serve down on Ctrl-C
     bare = bare_batch1(model, args.dtype, args.runtime, uploads, min(50, args.requests), threads)
-    result = {"machine_cpus": os.cpu_count(), "model": "random base (ViT-B/32)", "runtime": args.runtime,
+    result = {"machine_cpus": os.cpu_count(), "model": f"random base {args.family}", "runtime": args.runtime,
               "dtype": args.dtype, "encoder_threads": threads, "config": args.config, "products": products,
               "requests": args.requests, "hops": {"text": 2, "image": 2},
               "http": {name: summary_ms(v) for name, v in samples.items()}, "bare_batch1": bare,

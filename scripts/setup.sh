@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh Debian/Ubuntu machine: system packages, .venv, the package with test extras.
-#   TORCH_SPEC   pip spec for PyTorch (default torch==2.13.0; set it to pick a CUDA/CPU build of your choice)
+#   TORCH_SPEC   pip specs for PyTorch and torchvision (default "torch==2.14.1 torchvision==0.29.1", the pair
+#                constraints.txt pins; open_clip needs torchvision, and PyPI's torchvision does not import beside
+#                the CPU build of torch 2.13.0 — README "Choosing a model" says what this costs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -24,11 +26,13 @@ fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
 export PIP_DISABLE_PIP_VERSION_CHECK=1
-# PyTorch first, pinned, so nothing else pulls a different (multi-GB CUDA) build.
-python -c "import torch" 2>/dev/null || pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+# PyTorch and torchvision first, as a matching pair, so nothing else pulls a different build (a venv made with an
+# older pin, e.g. torch 2.13.0 alone, is moved to the pair: open_clip imports torchvision, which must match torch).
+TORCH_SPEC="${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}"
+python - "$TORCH_SPEC" 2>/dev/null <<'PY' || pip install -q $TORCH_SPEC
+import sys, importlib.metadata as m
+want = dict(s.split("==") for s in sys.argv[1].split() if "==" in s)
+sys.exit(any(m.version(k).split("+")[0] != v for k, v in want.items()))
+PY
 pip install -q -e ".[test]"
-# open-clip-torch ships the MIT-licensed CLIP BPE vocabulary used by `make-random-clip`; --no-deps because its
-# torchvision dependency has no CPU wheel and is not needed for the vocabulary file.
-python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('open_clip') is None)" \
-  || pip install -q --no-deps open-clip-torch
 echo "setup: done ($(python -c 'import ray, torch, transformers, lancedb; print(f"ray {ray.__version__}, torch {torch.__version__}, transformers {transformers.__version__}, lancedb {lancedb.__version__}")'))"

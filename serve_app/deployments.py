@@ -11,6 +11,7 @@
 """
 
 import asyncio
+import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -67,7 +68,7 @@ class Encoder:
         self.embedder = load_embedder(model, dtype=dtype, runtime=runtime, num_threads=self.threads)
         # One thread runs every forward: one intra-op pool, and the pool's threads stay warm between batches.
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clip-forward")
-        side = self.embedder.geometry.crop if self.embedder.geometry else self.embedder.input_side
+        side = self.embedder.geometry.crop
         self._model_thread.submit(self.embedder.embed_texts, ["warm-up"]).result()
         self._model_thread.submit(self.embedder.embed_pixels, np.zeros((1, 3, side, side), np.uint8)).result()
         self.batcher = ModelBatcher(self._model_thread, DEFAULT_BATCH_WAIT_S)
@@ -84,14 +85,11 @@ class Encoder:
         self.batcher.batch_wait_timeout_s = float(config.get("batch_wait_timeout_s", DEFAULT_BATCH_WAIT_S))
 
     def info(self) -> dict[str, Any]:
-        """What the ingress and ``/healthz`` need: model id, dimension, weights kind, runtime, precision, threads
-        and the preprocessing geometry (``size``, ``crop``, ``resample``) the ingress prepares photos with."""
+        """What the ingress and ``/healthz`` need: family, model id, dimension, weights kind, runtime, precision,
+        threads, the preprocessing signature, and the geometry (``size``, ``crop``, ``resample``, ``resize``,
+        ``crop_rounding``) the ingress and the video decoder prepare pixels with."""
         e = self.embedder
-        geometry = e.geometry
-        return {"model_id": e.model_id, "dim": e.dim, "weights": e.weights, "dtype": e.dtype, "runtime": e.runtime,
-                "device": e.device, "threads": self.threads,
-                "geometry": None if geometry is None else {"size": geometry.size, "crop": geometry.crop,
-                                                           "resample": geometry.resample}}
+        return e.info() | {"device": e.device, "threads": self.threads, "geometry": dataclasses.asdict(e.geometry)}
 
     def stats(self) -> dict[str, Any]:
         """Forwards per kind (``image``/``text``/``clip``) since the last call: count, mean batch size, mean and
@@ -120,12 +118,16 @@ class Encoder:
         return (await self.batcher.submit("text", text))[None, :]
 
     async def embed_clip(self, clip: VideoQuery) -> VideoQuery:
-        """All kept frames of a clip in one forward: the same query with ``vectors`` (K, D) instead of frames."""
+        """All kept frames of a clip in one forward: the same query with ``vectors`` (K, D) instead of its
+        ``pixels`` (prepared by the VideoDecoder) or, for a query decoded without the model's geometry, ``frames``."""
         started = time.perf_counter()
-        vectors = await self.batcher.submit("clip", clip.frames)  # [K, D]
+        vectors = await self.batcher.submit("clip", clip.pixels if clip.pixels is not None else clip.frames)  # [K, D]
         return clip.embedded(vectors, 1000 * (time.perf_counter() - started))
 
     def _embed_frames(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 ``(K, 3, S, S)`` prepared pixels, or ``(K, H, W, 3)`` raw frames (prepared here) → ``(K, D)``."""
+        if frames.ndim == 4 and frames.shape[1] == 3 and frames.shape[2:] == (self.embedder.geometry.crop,) * 2:
+            return self.embedder.embed_pixels(frames)
         return self.embedder.embed_pixels(self.embedder.preprocess([Image.fromarray(f) for f in frames]))
 
 
@@ -139,7 +141,8 @@ class Retriever:
     def info(self) -> dict[str, Any]:
         info = self.index.info
         return {"index": self.index.uri, "products": self.index.count(), "model_id": info.model_id, "dim": info.dim,
-                "runtime": info.runtime, "dtype": info.dtype}
+                "runtime": info.runtime, "dtype": info.dtype, "family": info.family,
+                "preprocessing": info.preprocessing}
 
     def check_health(self) -> None:
         """Ray Serve's periodic health check: the index must still answer a count."""

@@ -12,6 +12,8 @@ robust mode). Errors follow the contract envelope (:mod:`serve_app.errors`); a f
 # No `from __future__ import annotations` here: FastAPI must see real types to recognise UploadFile.
 
 import asyncio
+import contextlib
+import dataclasses
 import time
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serve_app.config import AppArgs
 from serve_app.errors import ApiError, error_response, replica_failure, to_api_error
 from serve_app.http_limits import RequestLimits, RequestLimitsMiddleware
+from serve_app.model_match import mismatch
 from serve_app.images import ImageDecodeError, open_image
 from serve_app.preprocess import ClipGeometry
 from serve_app.query_image import QueryImage, prepare_query_image
@@ -107,6 +110,7 @@ class Ingress:
         self.thumbnails = ByteLRU(ttl_s=THUMBNAIL_MAX_AGE_S)  # (product_id, size) → JPEG bytes
         self._geometry: ClipGeometry | None = None
         self._health: tuple[float, tuple[dict, dict]] | None = None  # (monotonic time, (encoder, retriever info))
+        self._refresh: asyncio.Task | None = None  # a background refresh of _health started by a search
 
     async def _call(self, make, retries: int = 1):
         """Await ``make()`` (a deployment response or chain of them) within ``request_timeout_s``. A replica that
@@ -206,18 +210,36 @@ class Ingress:
 
     @app.get("/healthz")
     async def healthz(self):
-        """200 when the model and index are loaded: product count, model id, weights kind, the served encoder's
-        runtime and precision, and the ones that embedded the index (answered within ``HEALTH_TIMEOUT_S``)."""
+        """200 when the model and index are loaded: product count; the served model's id, family, weights kind,
+        runtime, precision and preprocessing signature; and the ones that embedded the index (answered within
+        ``HEALTH_TIMEOUT_S``). 503 ``model_index_mismatch`` when the model cannot search the index
+        (:func:`serve_app.model_match.mismatch`: another dimension, family or preprocessing)."""
         encoder, index = await self._health_info()
         body = {"status": "ok", "products": index["products"], "model_id": encoder["model_id"],
-                "model_weights": encoder["weights"], "runtime": encoder["runtime"], "dtype": encoder["dtype"],
-                "dim": encoder["dim"], "index": index["index"], "index_model_id": index["model_id"],
-                "index_runtime": index["runtime"], "index_dtype": index["dtype"]}
-        if encoder["dim"] != index["dim"]:
-            return error_response(503, "model_index_mismatch",
-                                  f"index holds {index['dim']}-d embeddings from {index['model_id']!r} but the model "
-                                  f"makes {encoder['dim']}-d ones: re-ingest with this model")
+                "family": encoder["family"], "model_weights": encoder["weights"], "runtime": encoder["runtime"],
+                "dtype": encoder["dtype"], "dim": encoder["dim"], "preprocessing": encoder["preprocessing"],
+                "index": index["index"], "index_model_id": index["model_id"], "index_family": index["family"],
+                "index_runtime": index["runtime"], "index_dtype": index["dtype"],
+                "index_preprocessing": index["preprocessing"]}
+        reason = mismatch(encoder, index)
+        if reason:
+            return error_response(503, "model_index_mismatch", reason)
         return body
+
+    async def _check_model_matches_index(self) -> None:
+        """Refuse a search (503 ``model_index_mismatch``) when the served model cannot search the index. Uses the
+        stages' info as ``/healthz`` last saw it (fetched here only before the first one; refreshed in the
+        background after ``HEALTH_TTL_S``), so a search never waits on it; when the info cannot be had, the search
+        goes on and the stages answer for themselves."""
+        if self._health is None:
+            with contextlib.suppress(Exception):
+                await self._health_info()
+        elif time.monotonic() - self._health[0] >= HEALTH_TTL_S and (self._refresh is None or self._refresh.done()):
+            self._refresh = asyncio.create_task(self._health_info())
+            self._refresh.add_done_callback(lambda task: task.cancelled() or task.exception())  # no "never retrieved"
+        reason = None if self._health is None else mismatch(*self._health[1])
+        if reason:
+            raise ApiError(503, "model_index_mismatch", reason)
 
     @app.post("/search/text")
     async def search_text(self, body: TextQuery):
@@ -225,6 +247,7 @@ class Ingress:
         started = time.perf_counter()
         check_filters(body.filters)
         check_page(body.k, body.offset, self.args.max_k)
+        await self._check_model_matches_index()
         results = await self._call(lambda: _then(self.encoder.embed_text.remote(body.query), lambda vector:
                                    self.retriever.search.remote(vector, body.k, body.filters, body.offset,
                                                                 body.min_score)))
@@ -243,6 +266,7 @@ class Ingress:
         parsed_filters, box = filters_field(filters), crop_field(crop)
         text, text_weight = soft_filter_args(text, text_weight)
         check_page(k, offset, self.args.max_k)
+        await self._check_model_matches_index()
         photo = await self._photo(await self._image_bytes(file, image_url), box)
         if text is None:
             results = await self._call(lambda: _then(self.encoder.embed_pixels.remote(photo.pixels), lambda vector:
@@ -350,11 +374,13 @@ class Ingress:
             raise ApiError(422, "video_limit_exceeded",
                            f"max_frames: at most {self.args.max_video_frames} frames per clip")
         data = await self._read_upload(file, self.args.max_video_bytes)
+        await self._check_model_matches_index()
 
         async def chain():
             text_vector = None if text is None else self.encoder.embed_text.remote(text)
+            geometry = dataclasses.asdict(await self._geometry_of_model())  # frames prepared as the model wants
             clip = await self.encoder.embed_clip.remote(await self.decoder.decode.remote(data, fps, max_frames,
-                                                                                         frame_thumbnails))
+                                                                                         frame_thumbnails, geometry))
             return await self.retriever.search_clip.remote(clip, k, parsed_filters, fusion,
                                                            None if text_vector is None else await text_vector,
                                                            text_weight, offset, min_score)

@@ -1,4 +1,9 @@
-"""CLIP's geometric image preprocessing, fast and with bounded work (no Ray import).
+"""Every model family's geometric image preprocessing, fast and with bounded work (no Ray import).
+
+Two geometries cover the families (:class:`ClipGeometry`): CLIP's and most open_clip models' shortest-edge resize
+then centre crop (described below; open_clip rounds the crop margin where Hugging Face floors it), and SigLIP's
+"squash" — the whole image resized to the square input, nothing cropped — which the same crop-box code computes
+with the whole image as the box.
 
 CLIP's image processor (``CLIPImageProcessor``: resize the shortest edge to ``size`` with bicubic resampling,
 then centre-crop ``crop × crop``; Radford et al. 2021, and the Hugging Face processor config of
@@ -13,7 +18,8 @@ at 1/2, 1/4 or 1/8 scale by libjpeg's scaled IDCT while it stays :data:`DRAFT_MA
 Work per image is then bounded by the decoded pixels (itself bounded by ``max_pixels`` and the aspect-ratio
 limit in :mod:`serve_app.images`) and the output is always ``3 × crop × crop``. The result stays within a
 few grey levels of the Hugging Face processor's (``benchmarks/preprocess_speed.py`` measures the difference
-and the embedding cosine; ``tests/test_preprocess.py`` checks them).
+and the embedding cosine; ``tests/test_preprocess.py`` checks them; ``tests/test_model_families.py`` checks every
+family's embeddings against its own reference library).
 """
 
 import json
@@ -34,19 +40,44 @@ DRAFT_MARGIN = 1.25
 REDUCING_GAP = 3.0
 
 
+RESIZE_MODES = ("shortest", "squash")
+CROP_ROUNDINGS = ("floor", "round")
+
+
 @dataclass(frozen=True)
 class ClipGeometry:
-    """The geometric part of a CLIP image processor config.
+    """The geometric part of an image preprocessing config (every model family's, despite the historical name).
 
     Attributes:
-        size: target length of the shortest edge after resizing, pixels (224 for ViT-B/32).
-        crop: side of the square centre crop, pixels (224).
-        resample: PIL resampling filter of the resize (``Image.BICUBIC`` = 3 in CLIP's config).
+        size: ``resize="shortest"``: target length of the shortest edge after resizing, pixels (224 for
+            ViT-B/32); ``"squash"``: equal to ``crop``.
+        crop: side of the square model input, pixels (224).
+        resample: PIL resampling filter of the resize (``Image.BICUBIC`` = 3 in CLIP's and SigLIP's configs).
+        resize: ``"shortest"`` (CLIP, most open_clip models: shortest edge to ``size``, then a centred
+            ``crop × crop``) or ``"squash"`` (SigLIP, open_clip's ``resize_mode: squash``: the whole image resized
+            to ``crop × crop``, aspect ratio not kept, nothing cropped).
+        crop_rounding: where an odd centre-crop margin goes: ``"floor"`` (Hugging Face's image processors,
+            ``(resized - crop) // 2``) or ``"round"`` (torchvision's ``CenterCrop``, used by open_clip:
+            ``round((resized - crop) / 2)``).
     """
 
     size: int = 224
     crop: int = 224
     resample: int = Image.BICUBIC
+    resize: str = "shortest"
+    crop_rounding: str = "floor"
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES or self.crop_rounding not in CROP_ROUNDINGS:
+            raise ValueError(f"resize must be one of {RESIZE_MODES} and crop_rounding one of {CROP_ROUNDINGS}, got "
+                             f"{self.resize!r} and {self.crop_rounding!r}")
+
+    def signature(self) -> str:
+        """A short readable form, e.g. ``"shortest224-crop224-bicubic-floor"`` (part of the index's preprocessing
+        signature)."""
+        name = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}.get(self.resample,
+                                                                                                    str(self.resample))
+        return f"{self.resize}{self.size}-crop{self.crop}-{name}-{self.crop_rounding}"
 
     @classmethod
     def from_processor(cls, image_processor) -> "ClipGeometry":
@@ -105,16 +136,23 @@ def geometry_of_folder(folder: str) -> ClipGeometry | None:
 
 
 def crop_box(width: int, height: int, geometry: ClipGeometry) -> tuple[float, float, float, float]:
-    """The source-pixel box that CLIP's resize-then-centre-crop keeps, as floats ``(left, top, right, bottom)``.
+    """The source-pixel box that the resize-then-centre-crop keeps, as floats ``(left, top, right, bottom)``.
 
-    Mirrors the Hugging Face processor: the shortest edge becomes ``size`` and the other ``int(size · long /
-    short)`` pixels, then the crop starts at ``(resized − crop) // 2`` on each axis.
+    ``resize="shortest"`` mirrors the Hugging Face processor and torchvision's ``Resize(int)``: the shortest edge
+    becomes ``size`` and the other ``int(size · long / short)`` pixels, then the crop starts at
+    ``(resized − crop) // 2`` (``crop_rounding="floor"``) or ``round((resized − crop) / 2)`` (``"round"``,
+    torchvision's ``CenterCrop``) on each axis. ``resize="squash"`` keeps the whole image.
     """
+    if geometry.resize == "squash":
+        return 0.0, 0.0, float(width), float(height)
     short = min(width, height)
     resized_w = geometry.size if width == short else int(geometry.size * width / short)
     resized_h = geometry.size if height == short else int(geometry.size * height / short)
     sx, sy = width / resized_w, height / resized_h  # source pixels per resized pixel
-    left, top = (resized_w - geometry.crop) // 2, (resized_h - geometry.crop) // 2
+    if geometry.crop_rounding == "round":
+        left, top = int(round((resized_w - geometry.crop) / 2.0)), int(round((resized_h - geometry.crop) / 2.0))
+    else:
+        left, top = (resized_w - geometry.crop) // 2, (resized_h - geometry.crop) // 2
     return left * sx, top * sy, (left + geometry.crop) * sx, (top + geometry.crop) * sy
 
 
@@ -131,7 +169,7 @@ def draft(image: Image.Image, min_side: int) -> Image.Image:
 
 
 def clip_pixels(image: Image.Image, geometry: ClipGeometry = ClipGeometry()) -> np.ndarray:
-    """CLIP's resize + centre crop of one RGB image, computed on the crop box only.
+    """The model's resize (+ centre crop) of one RGB image, computed on the crop box only.
 
     Args:
         image: an RGB PIL image (see :func:`serve_app.images.decode_image`), any size ≥ 1×1.

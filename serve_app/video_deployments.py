@@ -17,7 +17,8 @@ from serve_app.frame_dedup import DEFAULT_MAX_DISTANCE
 from serve_app.isolated import IsolatedCrash, IsolatedTimeout, WorkerPool
 from serve_app.video import (DEFAULT_DECODE_MEMORY_BYTES, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_DURATION_S,
                              DEFAULT_MAX_FRAMES, VideoLimitError, decode_and_sample)
-from serve_app.video_query import VideoQuery, query_from_frames
+from serve_app.preprocess import ClipGeometry
+from serve_app.video_query import VideoQuery, frame_side, query_from_frames
 
 GiB = 1024 ** 3
 
@@ -50,9 +51,11 @@ class VideoDecoder:
         """Ray Serve's health probe: the decode workers can be started (raises if they cannot)."""
         await self.pool.start()
 
-    async def decode(self, data: bytes, fps: float, max_frames: int | None = None,
-                     thumbnails: bool = False) -> VideoQuery:
-        """The clip's kept frames, their times and its shots (``thumbnails``: a ~96 px JPEG data URL each).
+    async def decode(self, data: bytes, fps: float, max_frames: int | None = None, thumbnails: bool = False,
+                     geometry: dict | None = None) -> VideoQuery:
+        """The clip's kept frames, their times and its shots (``thumbnails``: a ~96 px JPEG data URL each); with the
+        served model's ``geometry`` (the fields of :class:`serve_app.preprocess.ClipGeometry`, from the Encoder's
+        ``info``), frames are decoded at its input size and the kept ones prepared here as the model's ``pixels``.
 
         Raises:
             VideoDecodeError, VideoLimitError, NoFramesError: see :func:`serve_app.video.decode_and_sample`;
@@ -60,14 +63,15 @@ class VideoDecoder:
         """
         limit = min(max_frames or self.max_frames, self.max_frames)
         try:
-            sampled = await self.pool.run(decode_and_sample, (data, fps, limit, self.max_duration_s),
-                                          self.decode_timeout_s)
+            shape = None if geometry is None else ClipGeometry(**geometry)
+            sampled = await self.pool.run(decode_and_sample, (data, fps, limit, self.max_duration_s,
+                                                              frame_side(shape)), self.decode_timeout_s)
         except IsolatedTimeout:
             raise VideoLimitError(f"decoding the clip took longer than {self.decode_timeout_s:g} s") from None
         except (IsolatedCrash, MemoryError):
             raise VideoLimitError(f"decoding the clip needed more than {self.decode_memory_bytes / GiB:g} GiB of "
                                   "memory or crashed the decoder") from None
-        return await asyncio.to_thread(query_from_frames, sampled, self.max_distance, thumbnails)
+        return await asyncio.to_thread(query_from_frames, sampled, self.max_distance, thumbnails, shape)
 
     def __del__(self):
         self.pool.close()

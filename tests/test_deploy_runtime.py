@@ -193,6 +193,35 @@ def test_a_model_of_another_dimension_than_the_index_answers_503_naming_both(ray
     assert healthz(service + "/healthz"), "the session's app must survive"
 
 
+def test_a_model_of_another_family_with_the_same_dimension_answers_503_naming_both(ray_session, service, ingested,
+                                                                                    served_model, tmp_path_factory):
+    """The index was built with the 512-d random CLIP; a 512-d random open_clip ViT-B/32 over it has the same
+    dimension, so only the recorded family (and preprocessing) can tell: /healthz and searches say 503."""
+    from ray import serve
+
+    from serve_app.app import build_app
+    from serve_app.models.random_weights import make_random_model
+
+    other = str(make_random_model(tmp_path_factory.mktemp("models") / "open-clip-base", "open_clip", "base"))
+    name, prefix = "family_mismatch_check", "/family-mismatch-check"
+    serve.run(build_app({"model": other, "index": ingested[0]}), name=name, route_prefix=prefix, blocking=False)
+    try:
+        base = service + prefix
+        wait_for(lambda: app_running(name), 180, "the app to start")
+        answers = {"healthz": httpx.get(base + "/healthz", timeout=30),
+                   "text": httpx.post(base + "/search/text", json={"query": "a pineapple", "k": 3}, timeout=60)}
+        for what, response in answers.items():
+            assert response.status_code == 503, (what, response.status_code, response.text)
+            error = response.json()["error"]
+            assert error["code"] == "model_index_mismatch", (what, error)
+            assert "open_clip" in error["message"] and "clip embeddings" in error["message"], (what, error)
+            assert other in error["message"] and served_model in error["message"], (what, error)
+    finally:
+        delete_app(name)
+    body = httpx.get(service + "/healthz", timeout=30).json()
+    assert body["family"] == body["index_family"] == "clip" and body["preprocessing"] == body["index_preprocessing"]
+
+
 def app_running(app_name: str) -> bool:
     from ray import serve
 

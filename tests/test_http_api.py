@@ -47,6 +47,13 @@ def test_healthz_reports_model_index_and_random_weights(http, ingested, served_m
     assert body["model_weights"] == "random"
 
 
+def test_healthz_names_the_family_and_preprocessing_of_the_model_and_of_the_index(http, embedder):
+    body = http.get("/healthz").json()
+    assert body["family"] == body["index_family"] == "clip"
+    assert body["preprocessing"] == body["index_preprocessing"] == embedder.spec.preprocessing()
+    assert body["preprocessing"].startswith("shortest224-crop224-bicubic")
+
+
 def test_openapi_docs_list_the_endpoints(http):
     spec = http.get("/openapi.json").json()
     assert {"/healthz", "/search/text", "/search/image"} <= set(spec["paths"])

@@ -42,6 +42,27 @@ def test_real_hand_held_clip_is_sampled_at_the_requested_rate():
     assert len(avi.frames) == 40 and avi.native_fps == pytest.approx(10.0)
 
 
+def test_frames_follow_the_model_geometry_and_are_prepared_in_the_decoding_stage():
+    """A SigLIP-384-like model (squash to 384×384, no crop): frames decode with a 384-px short side and leave the
+    decoding stage as the model's uint8 input, equal to what the catalog's photos get (clip_batch); without a
+    geometry, 224-px frames go on raw, as before."""
+    from PIL import Image
+
+    from serve_app.preprocess import ClipGeometry, clip_batch
+    from serve_app.video_query import sample_video
+
+    data = _opencv_clip("box.mp4.gz")
+    geometry = ClipGeometry(size=384, crop=384, resize="squash")
+    query = sample_video(data, fps=1.0, geometry=geometry)
+    assert query.frames is None and query.pixels.shape == (query.frames_kept, 3, 384, 384)
+    frames = decode_and_sample(data, fps=1.0, short_side=384).frames
+    assert min(frames[0].shape[:2]) == 384
+    kept = [frames[i] for i, t in enumerate(decode_and_sample(data, fps=1.0).times) if t in query.times]
+    np.testing.assert_array_equal(query.pixels, clip_batch([Image.fromarray(f) for f in kept], geometry))
+    plain = sample_video(data, fps=1.0)
+    assert plain.pixels is None and min(plain.frames.shape[1:3]) == 224 and plain.times == query.times
+
+
 def test_limits_and_bad_bytes():
     data = _opencv_clip("cup.mp4.gz")
     with pytest.raises(VideoLimitError, match="5 s"):

@@ -191,26 +191,33 @@ class HashHit:
 @dataclass
 class IndexInfo:
     """What an index was built with, checked by serving against the loaded model: the model id, the embedding
-    dimension, the weights kind, and the encoder ``runtime`` (``torch``/``onnx``) and ``dtype``
-    (``float32``/``bfloat16``/``int8``) that embedded the catalog (indexes written before these were recorded
-    read as torch float32)."""
+    dimension, the weights kind, the encoder ``runtime`` (``torch``/``onnx``) and ``dtype``
+    (``float32``/``bfloat16``/``int8``) that embedded the catalog, the model ``family`` (``clip``/``siglip``/
+    ``open_clip``) and its ``preprocessing`` signature (:meth:`serve_app.models.base.ModelSpec.preprocessing`).
+    Indexes written before these were recorded read as torch float32 ``clip`` (the only family then) with an unknown
+    (empty) preprocessing signature."""
 
     model_id: str
     dim: int
     weights: str = "pretrained"
     runtime: str = "torch"
     dtype: str = "float32"
+    family: str = "clip"
+    preprocessing: str = ""
 
     def record(self) -> dict:
-        """The fields as stored with a version (LanceDB alias file, OpenSearch ``_meta``)."""
-        return {"model_id": self.model_id, "dim": self.dim, "weights": self.weights, "runtime": self.runtime,
-                "dtype": self.dtype}
+        """The fields as stored with a version (LanceDB alias file, OpenSearch ``_meta``); ``family`` and
+        ``preprocessing`` only when known, so records of the fields before them stay as they were."""
+        record = {"model_id": self.model_id, "dim": self.dim, "weights": self.weights, "runtime": self.runtime,
+                  "dtype": self.dtype}
+        return record | ({"family": self.family, "preprocessing": self.preprocessing} if self.preprocessing else {})
 
     @classmethod
     def from_record(cls, record: dict) -> "IndexInfo":
         """Read a stored record; fields it lacks keep their defaults, unknown ones are ignored."""
         return cls(model_id=record["model_id"], dim=int(record["dim"]),
-                   **{k: record[k] for k in ("weights", "runtime", "dtype") if record.get(k)})
+                   **{k: record[k] for k in ("weights", "runtime", "dtype", "family", "preprocessing")
+                      if record.get(k)})
 
 
 class IndexReader(abc.ABC):
