@@ -57,7 +57,7 @@ class IngestOptions:
     hnsw_ef_construction: int = 128  # OpenSearch faiss HNSW build-time candidate list
     hnsw_ef_search: int = 100  # OpenSearch faiss HNSW query-time candidate list (index setting)
     knn_mode: str | None = None  # OpenSearch knn_vector mode: in_memory | on_disk (None: the engine's default)
-    compression_level: str | None = None  # OpenSearch knn_vector compression: 1x 2x 4x 8x 16x 32x
+    compression_level: str | None = None  # OpenSearch knn_vector compression with faiss: 1x 2x 8x 16x 32x
     lease_ttl_s: float = DEFAULT_TTL_S  # seconds a crashed run keeps the index's lease (renewed every ttl/3)
     lease_wait_s: float = DEFAULT_WAIT_S  # seconds to wait while another run holds it (0: refuse at once)
     write_concurrency: int = 2  # index writer tasks (LanceDB appends to a new version, OpenSearch bulk)
