@@ -7,8 +7,11 @@ client as long as it keeps sending. :class:`RequestLimitsMiddleware` sits in fro
    answered at once ``503 overloaded`` with ``Retry-After``, before its body is read (load shedding keeps the
    accepted requests' latency bounded instead of queueing without limit). Cheap reads (``GET /healthz``, the
    page and its assets, thumbnails) are exempt so health checks and browsing survive an overload.
-2. **body size** — a ``Content-Length`` over the path's limit is a ``413`` before a byte is read; a chunked body is
-   counted as it streams and cut off with ``413`` as soon as it passes the limit (never read to its end).
+2. **body size** — a ``Content-Length`` over the path's limit is a ``413`` before the route reads a byte; a chunked
+   body is counted as it streams and cut off with ``413`` as soon as it passes the limit (never read to its end).
+   A declared body of at most :data:`LINGER_MAX_BYTES` is read and dropped first (for at most
+   :data:`LINGER_S`): answering and closing while the client is still sending makes its TCP stack see a reset
+   instead of the 413 (the reason for nginx's ``lingering_close``); larger ones are answered at once.
 3. **body time** — the body must arrive within ``body_timeout_s`` plus one second per ``body_min_rate`` bytes
    received (Apache ``mod_reqtimeout``'s ``body=…,MinRate=…`` rule), at most ``body_max_s``; a client that
    drips slower gets ``408`` and the connection is closed.
@@ -26,6 +29,8 @@ from serve_app.errors import RETRY_AFTER_S
 
 MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around an upload, bytes
 JSON_BODY_LIMIT = 1024 * 1024  # JSON request bodies (text search, more-like-this), bytes
+LINGER_MAX_BYTES = 16 * 1024 * 1024  # a too-large declared body up to this size is drained before the 413
+LINGER_S = 2.0  # ... for at most this long
 
 
 @dataclass
@@ -72,6 +77,18 @@ async def _send_error(send, status: int, code: str, message: str, headers: dict[
     await send({"type": "http.response.body", "body": body})
 
 
+async def _drain(receive, timeout_s: float) -> None:
+    """Read and drop the request body until it ends, the client leaves or ``timeout_s`` seconds pass."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            message = await asyncio.wait_for(receive(), remaining)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+    except asyncio.TimeoutError:
+        return
+
+
 class RequestLimitsMiddleware:
     """ASGI middleware applying :class:`RequestLimits` (see the module docstring).
 
@@ -100,6 +117,8 @@ class RequestLimitsMiddleware:
         limit = limits.body_limit(path)
         declared = dict(scope.get("headers") or ()).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
+            if int(declared) <= LINGER_MAX_BYTES:
+                await _drain(receive, LINGER_S)
             return await _send_error(send, 413, "payload_too_large",
                                      f"request body of {int(declared)} bytes is over the {limit}-byte limit of "
                                      f"{path}", close=True)
