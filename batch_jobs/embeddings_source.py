@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch_jobs.manifest import LINE_BITS, ROW_SCHEMA, replaced_by
+from batch_jobs.manifest import LINE_BITS, ROW_SCHEMA, last_lines_of_repeats, replaced_by
 from serve_app import storage
 from serve_app.catalog import ManifestError
 
@@ -194,12 +194,7 @@ def _attributes(table: pa.Table) -> pa.Array:
 
 def _last_lines(ids: pa.ChunkedArray) -> dict[str, int]:
     """``product_id`` → line (1-based) of its last row, for the ids that occur more than once in one file."""
-    lines = pa.array(np.arange(1, len(ids) + 1, dtype=np.int64))
-    grouped = pa.table({"product_id": ids.cast(pa.string()), "line": lines}).group_by("product_id").aggregate(
-        [("line", "max"), ("line", "count")])
-    grouped = grouped.filter(pc.and_(pc.is_valid(grouped.column("product_id")),
-                                     pc.greater(grouped.column("line_count"), 1)))
-    return dict(zip(grouped.column("product_id").to_pylist(), grouped.column("line_max").to_pylist()))
+    return last_lines_of_repeats(ids.cast(pa.string()), pa.array(np.arange(1, len(ids) + 1, dtype=np.int64)))
 
 
 def _file_error(uri: str, index: int, dim: int, reason: str) -> pa.Table:

@@ -157,6 +157,17 @@ def replaced_by(shard: str, line: int) -> str:
     return f"duplicate product_id; {shard} line {line} replaces it"
 
 
+def last_lines_of_repeats(ids, lines) -> dict[str, int]:
+    """``product_id`` → the largest of its ``lines``, for the non-null ids that occur more than once (Arrow
+    arrays of equal length)."""
+    import pyarrow.compute as pc
+
+    last = pa.table({"product_id": ids, "line": lines}).group_by("product_id").aggregate(
+        [("line", "max"), ("line", "count")])
+    last = last.filter(pc.and_(pc.is_valid(last.column("product_id")), pc.greater(last.column("line_count"), 1)))
+    return dict(zip(last.column("product_id").to_pylist(), last.column("line_max").to_pylist()))
+
+
 def mark_repeats_within(table: pa.Table) -> pa.Table:
     """Rows of one shard (``ROW_SCHEMA``, in line order) whose valid ``product_id`` occurs again further down get
     ``error`` naming the line that replaces them (a later row updates an earlier one, as in one file)."""
@@ -164,12 +175,9 @@ def mark_repeats_within(table: pa.Table) -> pa.Table:
 
     valid = pc.is_null(table.column("error"))
     ids = pc.if_else(valid, table.column("product_id"), pa.scalar(None, pa.string()))
-    last = pa.table({"product_id": ids, "line": table.column("line")}).group_by("product_id").aggregate(
-        [("line", "max"), ("line", "count")])
-    last = last.filter(pc.and_(pc.is_valid(last.column("product_id")), pc.greater(last.column("line_count"), 1)))
-    if not last.num_rows:
+    winners = last_lines_of_repeats(ids, table.column("line"))
+    if not winners:
         return table
-    winners = dict(zip(last.column("product_id").to_pylist(), last.column("line_max").to_pylist()))
     errors = table.column("error").to_pylist()
     for i, (pid, line) in enumerate(zip(ids.to_pylist(), table.column("line").to_pylist())):
         if pid in winners and winners[pid] != line:

@@ -18,7 +18,7 @@ import threading
 
 import numpy as np
 
-from serve_app.phash import HASH_BITS, pack_bits
+from serve_app.phash import HASH_BITS, hamming_distances, pack_bits
 
 CHUNKS = 4  # 16-bit chunks: ~N / 65,536 codes per bucket (15 at 1M)
 MAX_FLIPS = 3  # up to 1 + 16 + 120 + 560 = 697 probes per chunk; past that a scan is cheaper
@@ -104,7 +104,7 @@ class HammingIndex:
 
 def _scan(hashes: np.ndarray, query: int, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact radius search by XOR + popcount over every stored hash."""
-    distances = np.bitwise_count((hashes ^ np.int64(query)).view(np.uint64)).astype(np.int64)
+    distances = hamming_distances(int(query), hashes)
     positions = np.flatnonzero(distances <= max_distance)
     order = np.lexsort((positions, distances[positions]))
     return positions[order], distances[positions][order]
