@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.embedding import DEFAULT_MODEL
 from serve_app.images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
+from serve_app.request_params import MAX_K
 from serve_app.near_duplicates import DEFAULT_CLIP_MIN_SCORE, DEFAULT_CONFIRM_MIN_SCORE, DEFAULT_MAX_DISTANCE
 from serve_app.video import (DEFAULT_DECODE_MEMORY_BYTES, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_DURATION_S,
                              DEFAULT_MAX_FRAMES)
@@ -42,7 +43,8 @@ class AppArgs(BaseModel):
                                                      "with Retry-After (0: unlimited)")
     body_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds a request body may take, plus 1 s "
                                                                   "per 64 KiB received (at most 120 s); slower: 408")
-    max_k: int = Field(1000, ge=1, le=10_000)
+    max_k: int = Field(1000, ge=1, le=MAX_K, description="offset + k of a request is at most this (422 above); "
+                                                        "the request fields' own bound is MAX_K")
     image_url_timeout_s: float = Field(5.0, gt=0, le=60)
     image_url_max_bytes: int = Field(10 * MiB, ge=1024)
     image_url_allow_networks: list[str] = Field(

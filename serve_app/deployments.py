@@ -15,6 +15,7 @@ import dataclasses
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -180,10 +181,21 @@ class Retriever:
                           text_weight: float, offset: int = 0, min_score: float | None = None) -> list[dict[str, Any]]:
         """Image k-NN re-ranked by a text query as a soft filter (:mod:`serve_app.soft_filter`)."""
         n = fetch_size(k, offset)
-        image_hits, text_hits = await self._knn(with_text_query(vectors, text_vector), pool_size(n), filters)
-        ranked = await asyncio.to_thread(rerank_with_text, self.index, image_hits, vectors, text_hits, text_vector,
-                                         text_weight, n)
+        _, ranked = await self._soft_ranked(vectors, text_vector, n, filters, text_weight)
         return page(ranked, k, offset, min_score)
+
+    async def _soft_ranked(self, vectors: np.ndarray, text_vector: np.ndarray, n: int, filters: dict | None,
+                           text_weight: float, combine: Callable[[list[list[dict]]], list[dict]] = lambda hits: hits[0],
+                           text_only: dict[str, Any] | None = None) -> tuple[list[list[dict]], list[dict]]:
+        """The soft text filter, for every query kind: one multi-query k-NN round trip for the visual rows
+        (float32 ``(Q, D)``) and the text vector (float32 ``(1, D)``), ``pool_size(n)`` deep; ``combine`` makes the
+        visual candidates of the ``Q`` result lists (the single list for a photo; the fused frames for a clip);
+        then :func:`~serve_app.soft_filter.rerank_with_text` keeps the best ``n``. Returns (the ``Q`` visual
+        result lists, the re-ranked results)."""
+        *image_hits, text_hits = await self._knn(with_text_query(vectors, text_vector), pool_size(n), filters)
+        ranked = await asyncio.to_thread(rerank_with_text, self.index, combine(image_hits), vectors, text_hits,
+                                         text_vector, text_weight, n, text_only)
+        return image_hits, ranked
 
     async def search_similar(self, positive: list[str], negative: list[str], k: int, filters: dict | None = None,
                              offset: int = 0, min_score: float | None = None, text_vector: np.ndarray | None = None,
@@ -203,9 +215,7 @@ class Retriever:
         if text_vector is None:
             ranked = (await self._knn(vector, n, filters))[0]
         else:
-            image_hits, text_hits = await self._knn(with_text_query(vector, text_vector), pool_size(n), filters)
-            ranked = await asyncio.to_thread(rerank_with_text, self.index, image_hits, vector, text_hits,
-                                             text_vector, text_weight, n)
+            _, ranked = await self._soft_ranked(vector, text_vector, n, filters, text_weight)
         return page(without_products(ranked, inputs), k, offset, min_score)
 
     async def find_similar(self, query_hash: int, top: int, max_distance: int, mode: str = "phash",
@@ -242,13 +252,13 @@ class Retriever:
         started = time.perf_counter()
         n = fetch_size(k, offset)
         if text_vector is None:
-            per_frame = await self._knn(clip.vectors, min(1000, max(n, VIDEO_FRAME_POOL)), filters)
+            per_frame = await self._knn(clip.vectors, max(n, VIDEO_FRAME_POOL), filters)
             results = fuse(per_frame, clip.times, n, fusion)
         else:  # soft text filter: fuse a larger pool by frames, then re-rank with the text (max-frame cosine)
-            pool = pool_size(n)
-            *per_frame, text_hits = await self._knn(with_text_query(clip.vectors, text_vector), pool, filters)
-            fused = [r | {"score": r["best_score"]} for r in fuse(per_frame, clip.times, pool, fusion)]
-            results = await asyncio.to_thread(rerank_with_text, self.index, fused, clip.vectors, text_hits,
-                                              text_vector, text_weight, n, {"frames": []})
+            def by_frames(hits: list[list[dict]]) -> list[dict]:
+                return [r | {"score": r["best_score"]} for r in fuse(hits, clip.times, pool_size(n), fusion)]
+
+            per_frame, results = await self._soft_ranked(clip.vectors, text_vector, n, filters, text_weight,
+                                                         by_frames, {"frames": []})
         shots = fuse_shots(per_frame, clip.times, clip.shots, k, fusion)
         return clip.answered(page(results, k, offset, min_score), shots, 1000 * (time.perf_counter() - started))

@@ -16,7 +16,8 @@ from serve_app.errors import ApiError, to_api_error
 from serve_app.filters import FilterError, parse_filters
 from serve_app.query_image import CropError, parse_crop
 
-MAX_K = 1000
+MAX_K = 10_000  # the deepest ranking any request may ask for: the ceiling of the app arg max_k (default 1000),
+# which check_page applies per deployment (OpenSearch's index.max_result_window default is 10,000 too)
 DEFAULT_TEXT_WEIGHT = 0.5
 
 TEXT_FIELD = Form(None, max_length=2000, description="soft filter: a description that re-ranks the visual results")
@@ -112,7 +113,7 @@ def crop_field(crop: str | None) -> tuple[float, float, float, float] | None:
         raise ApiError(422, "invalid_request", f"crop: {e}") from e
 
 
-def check_page(k: int, offset: int, max_k: int = MAX_K) -> None:
+def check_page(k: int, offset: int, max_k: int) -> None:
     """``offset + k`` ranks must lie within the first ``max_k`` (the deepest any search goes)."""
     if offset + k > max_k:
         raise ApiError(422, "invalid_request", f"offset + k = {offset + k}: results are ranked {max_k} deep at most")

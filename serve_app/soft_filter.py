@@ -18,8 +18,9 @@ MIN_POOL = 50
 
 
 def pool_size(k: int) -> int:
-    """Candidates fetched per side before re-ranking: ``4k``, at least 50, at most 1000."""
-    return min(1000, max(4 * k, MIN_POOL))
+    """Candidates fetched per side before re-ranking: ``4k``, at least 50, at most 1000 — never fewer than ``k``
+    (a ``max_k`` configured above 1000 pages that deep)."""
+    return max(k, min(1000, max(4 * k, MIN_POOL)))
 
 
 def with_text_query(vectors: np.ndarray, text_vector: np.ndarray) -> np.ndarray:
