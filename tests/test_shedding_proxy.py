@@ -1,0 +1,150 @@
+"""The shedding proxy (serve_app/shedding_proxy.py): a real HAProxy in front of a real, deliberately slow HTTP
+server that counts the requests it holds at once; the bounds are checked against that count, not against the
+proxy's own report."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from serve_app.shedding_proxy import SheddingArgs, render_config
+
+HOLD_S = 1.5  # how long the upstream holds each search request
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class SlowUpstream(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        self.lock, self.holding, self.most_held, self.served = threading.Lock(), 0, 0, 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_):
+                pass
+
+            def _answer(handler):
+                length = int(handler.headers.get("Content-Length") or 0)
+                handler.rfile.read(length)
+                with self.lock:
+                    self.holding += 1
+                    self.most_held = max(self.most_held, self.holding)
+                try:
+                    if handler.path.startswith("/search"):
+                        time.sleep(HOLD_S)
+                    body = json.dumps({"path": handler.path}).encode()
+                    handler.send_response(200)
+                    handler.send_header("Content-Type", "application/json")
+                    handler.send_header("Content-Length", str(len(body)))
+                    handler.end_headers()
+                    handler.wfile.write(body)
+                finally:
+                    with self.lock:
+                        self.holding -= 1
+                        self.served += handler.path.startswith("/search")
+
+            do_GET = do_POST = _answer
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+@pytest.fixture()
+def proxied(tmp_path):
+    upstream = SlowUpstream()
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    port = _free_port()
+    config = tmp_path / "shedding.yaml"
+    config.write_text(f"port: {port}\nupstream: 127.0.0.1:{upstream.server_address[1]}\nmax_in_flight: 2\n"
+                      "max_queued: 3\nqueue_timeout_s: 2.5\nretry_after_s: 2\n")
+    proxy = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--config", str(config)])
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(base + "/healthz", timeout=2)
+            break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proxy.kill()
+        pytest.fail("the shedding proxy did not start")
+    yield base, upstream
+    proxy.terminate()
+    proxy.wait(timeout=10)
+    upstream.shutdown()
+
+
+def _post(base: str, i: int):
+    started = time.perf_counter()
+    r = httpx.post(base + "/search/text", json={"query": f"q{i}"}, timeout=30)
+    return r, time.perf_counter() - started
+
+
+def test_concurrency_is_bounded_and_the_excess_is_refused_at_once_with_retry_after(proxied):
+    base, upstream = proxied
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda i: _post(base, i), range(12)))
+    ok = [(r, t) for r, t in answers if r.status_code == 200]
+    refused = [(r, t) for r, t in answers if r.status_code == 503]
+    assert len(ok) + len(refused) == 12
+    assert upstream.most_held == 2  # max_in_flight, and it was reached
+    # 2 in flight + 3 queued are served (the queue drains within the 2.5 s queue timeout: 2 rounds of 1.5 s
+    # would not, so only those that waited at most one round are), the rest refused at once
+    assert 2 <= len(ok) <= 5 and len(refused) >= 7
+    fast = [t for _, t in refused if t < 0.5]
+    assert len(fast) >= 7  # refused in HAProxy without waiting for the upstream
+    for r, _ in refused:
+        assert r.headers["retry-after"] == "2"
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["error"]["code"] == "overloaded"
+    assert upstream.served == len(ok)  # searches answered; a refused request never reached the upstream
+
+
+def test_a_request_that_waits_past_the_queue_timeout_gets_the_json_503(proxied):
+    base, upstream = proxied
+    with ThreadPoolExecutor(5) as pool:
+        answers = list(pool.map(lambda i: _post(base, i), range(5)))
+    late = [(r, t) for r, t in answers if r.status_code == 503]
+    assert len(late) >= 1  # 2 served in the first round, 2 in the second (3.0 s > 2.5 s): some time out
+    for r, t in late:
+        assert t >= 2.0
+        assert r.json()["error"]["code"] == "overloaded" and r.headers["retry-after"] == "2"
+
+
+def test_cheap_reads_are_never_shed(proxied):
+    base, upstream = proxied
+    with ThreadPoolExecutor(8) as pool:
+        searches = [pool.submit(_post, base, i) for i in range(6)]
+        time.sleep(0.3)  # the search slots and the queue are full now
+        health = httpx.get(base + "/healthz", timeout=5)
+        page = httpx.get(base + "/", timeout=5)
+        post_health = httpx.post(base + "/healthz", timeout=5)  # a POST to an exempt path is bounded
+        [f.result() for f in searches]
+    assert health.status_code == 200 and health.json() == {"path": "/healthz"}
+    assert page.status_code == 200
+    assert post_health.status_code == 503
+
+
+def test_settings_are_validated_and_rendered(tmp_path):
+    with pytest.raises(ValueError, match="max_queued"):
+        SheddingArgs(max_queued=0)
+    with pytest.raises(ValueError, match="(?i)extra"):
+        SheddingArgs.from_yaml(None, bogus=1)
+    config = render_config(SheddingArgs(max_in_flight=7, max_queued=9, queue_timeout_s=0.25), tmp_path)
+    assert "maxconn 7" in config and "queue(search) ge 9" in config and "timeout queue 250ms" in config
+    page = (tmp_path / "503.http").read_bytes().decode()
+    head, body = page.split("\r\n\r\n")
+    assert "Retry-After: 1" in head and f"Content-Length: {len(body)}" in head
+    assert json.loads(body)["error"]["code"] == "overloaded"
