@@ -20,8 +20,8 @@ def build_app(args: dict | None = None) -> Application:
         ValueError: unknown or invalid args (the message lists the valid ones).
     """
     config = AppArgs.from_args(args)
-    encoder = Encoder.bind(config.model, config.dtype, config.runtime, config.encoder_threads)
-    retriever = Retriever.bind(config.index, config.index_options())
+    encoder = Encoder.bind(config.model, config.dtype, config.runtime, config.encoder_threads, config.niceness)
+    retriever = Retriever.bind(config.index, config.index_options(), config.niceness)
     decoder = VideoDecoder.bind(config.max_video_duration_s, config.max_video_frames, config.video_decode_timeout_s,
                                 config.video_decode_memory_bytes, config.video_decode_workers)
     return Ingress.bind(encoder, retriever, decoder, config.model_dump())

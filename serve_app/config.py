@@ -43,6 +43,8 @@ class AppArgs(BaseModel):
                                                      "with Retry-After (0: unlimited)")
     body_timeout_s: float = Field(10.0, gt=0, le=600, description="seconds a request body may take, plus 1 s "
                                                                   "per 64 KiB received (at most 120 s); slower: 408")
+    niceness: int | None = Field(None, ge=-20, le=19, description="nice value of the Ingress, Encoder and "
+                                 "Retriever replicas' threads (None: Ray's; see serve_app/cpu_priority.py)")
     max_k: int = Field(1000, ge=1, le=MAX_K, description="offset + k of a request is at most this (422 above); "
                                                         "the request fields' own bound is MAX_K")
     image_url_timeout_s: float = Field(5.0, gt=0, le=60)

@@ -23,6 +23,7 @@ from PIL import Image
 from ray import serve
 
 from serve_app.batching import ModelBatcher
+from serve_app.cpu_priority import renice_threads
 from serve_app.embedding import load_embedder
 from serve_app.filters import parse_filters
 from serve_app.fusion import fuse, fuse_shots
@@ -62,9 +63,12 @@ class Encoder:
         model: hub id or local folder. dtype: ``"float32"``, ``"bfloat16"`` (torch) or ``"int8"`` (onnx).
         runtime: ``"torch"`` or ``"onnx"`` (see :func:`serve_app.embedding.load_embedder`).
         num_threads: intra-op threads (``None``: :func:`cpu_share_threads`).
+        niceness: nice value of the replica's threads (``None``: Ray's; :mod:`serve_app.cpu_priority`).
     """
 
-    def __init__(self, model: str, dtype: str = "float32", runtime: str = "torch", num_threads: int | None = None):
+    def __init__(self, model: str, dtype: str = "float32", runtime: str = "torch", num_threads: int | None = None,
+                 niceness: int | None = None):
+        renice_threads(niceness)  # before the model's threads exist: they inherit it
         self.threads = num_threads or cpu_share_threads()
         self.embedder = load_embedder(model, dtype=dtype, runtime=runtime, num_threads=self.threads)
         # One thread runs every forward: one intra-op pool, and the pool's threads stay warm between batches.
@@ -136,7 +140,8 @@ class Encoder:
 class Retriever:
     """k-NN retrieval replica over the index at ``index`` (see :func:`serve_app.index.open_index`)."""
 
-    def __init__(self, index: str, index_options: dict[str, Any] | None = None):
+    def __init__(self, index: str, index_options: dict[str, Any] | None = None, niceness: int | None = None):
+        renice_threads(niceness)
         self.index = open_index(index, **(index_options or {}))
 
     def info(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.config import AppArgs
+from serve_app.cpu_priority import renice_threads
 from serve_app.errors import ApiError, error_response, replica_failure, to_api_error
 from serve_app.http_limits import RequestLimits, RequestLimitsMiddleware
 from serve_app.model_match import mismatch
@@ -106,6 +107,7 @@ class Ingress:
                  args: dict):
         self.encoder, self.retriever, self.decoder = encoder, retriever, decoder
         self.args = AppArgs(**args)
+        renice_threads(self.args.niceness)
         app.state.request_limits = RequestLimits.from_app_args(self.args)
         self.thumbnails = ByteLRU(ttl_s=THUMBNAIL_MAX_AGE_S)  # (product_id, size) → JPEG bytes
         self._geometry: ClipGeometry | None = None

@@ -15,6 +15,10 @@ throughput on Ray Serve" guide (Ray 2.55+) documents the first two:
 - ``RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH`` — the largest message between replicas over that gRPC path
   (Ray's default is gRPC's 4 MiB): a video upload (``max_video_bytes``, 50 MiB by default) travels to the
   VideoDecoder in one message, so this is 256 MiB; raise it with ``max_video_bytes``.
+- ``RAY_worker_niceness=0`` — Ray starts worker processes at nice 15 (so its raylet and GCS stay responsive);
+  a replica at 15 loses the CPU to any ordinary process on the node. Under 64 retrying clients on 2 cores the
+  Encoder got 0.74 of a core at 15 and 0.94 at 0 (:mod:`serve_app.cpu_priority`; benchmarks/RESULTS.md,
+  "Overload"). Ray reads it as its ``worker_niceness`` system setting when the raylet starts.
 - ``RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S=60`` — HAProxy drops a client connection idle for 60 s (Ray's default is
   3600 s, which lets idle or stalled connections pile up); a body that arrives too slowly is the ingress's 408
   (:mod:`serve_app.http_limits`).
@@ -31,6 +35,7 @@ SERVE_ENV = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
     "RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH": str(256 * 1024 * 1024),
     "RAY_SERVE_HAPROXY_TIMEOUT_CLIENT_S": "60",
+    "RAY_worker_niceness": "0",
 }
 
 
