@@ -12,6 +12,12 @@ client as long as it keeps sending. :class:`RequestLimitsMiddleware` sits in fro
    A declared body of at most :data:`LINGER_MAX_BYTES` is read and dropped first (for at most
    :data:`LINGER_S`): answering and closing while the client is still sending makes its TCP stack see a reset
    instead of the 413 (the reason for nginx's ``lingering_close``); larger ones are answered at once.
+   What the client has sent when it sees the 413 is the limit plus whatever the socket buffers between it and
+   the ingress held: Linux autotunes a TCP receive buffer up to ``net.ipv4.tcp_rmem``'s maximum (32 MiB on the
+   development machine), which let a 1 GiB chunked upload push 67 MiB in before its 413 against a 10 MiB limit.
+   So at the first request the ingress fixes the receive buffer of its listening socket and of the connections
+   it holds to ``receive_buffer_bytes`` (:func:`cap_receive_buffers`; later connections inherit it, and a fixed
+   size turns autotuning off, socket(7) ``SO_RCVBUF``).
 3. **body time** — the body must arrive within ``body_timeout_s`` plus one second per ``body_min_rate`` bytes
    received (Apache ``mod_reqtimeout``'s ``body=…,MinRate=…`` rule), at most ``body_max_s``; a client that
    drips slower gets ``408`` and the connection is closed.
@@ -31,6 +37,7 @@ MULTIPART_OVERHEAD = 64 * 1024  # form fields and part headers around an upload,
 JSON_BODY_LIMIT = 1024 * 1024  # JSON request bodies (text search, more-like-this), bytes
 LINGER_MAX_BYTES = 16 * 1024 * 1024  # a too-large declared body up to this size is drained before the 413
 LINGER_S = 2.0  # ... for at most this long
+RECEIVE_BUFFER_BYTES = 256 * 1024  # SO_RCVBUF of the ingress's sockets (Linux doubles it for bookkeeping)
 
 
 @dataclass
@@ -41,6 +48,8 @@ class RequestLimits:
         body_timeout_s: seconds a body may take regardless of its size; ``body_min_rate``: bytes per second
             that earn one more second; ``body_max_s``: the most seconds any body may take.
         exempt_get: path prefixes whose GET (and HEAD) requests, like ``GET /``, the admission limit does not count.
+        receive_buffer_bytes: ``SO_RCVBUF`` of the ingress's listening socket and connections (0: the kernel's
+            autotuning), bytes.
     """
 
     max_in_flight: int = 8
@@ -50,6 +59,7 @@ class RequestLimits:
     body_min_rate: float = 64 * 1024
     body_max_s: float = 120.0
     exempt_get: tuple[str, ...] = ("/healthz", "/static/", "/thumbnails/", "/facets")
+    receive_buffer_bytes: int = RECEIVE_BUFFER_BYTES
 
     @classmethod
     def from_app_args(cls, args) -> "RequestLimits":
@@ -89,6 +99,40 @@ async def _drain(receive, timeout_s: float) -> None:
         return
 
 
+def cap_receive_buffers(address: tuple[str, int], size: int) -> int:
+    """Set ``SO_RCVBUF`` to ``size`` bytes on this process's TCP sockets bound to ``address``'s port (the server
+    address of a request, ``scope["server"]``): the listening socket (connections it accepts later inherit the size) and the connections already accepted on it.
+    Sockets are found through ``/proc/self/fd`` and set through a duplicate descriptor (the owner's stays open).
+
+    Returns:
+        How many sockets were set (0 where ``/proc`` is missing, e.g. not Linux).
+    """
+    import os
+    import socket
+
+    count = 0
+    try:
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        try:
+            if sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == address[1]:  # a 0.0.0.0 listener too
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+                count += 1
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return count
+
+
 class RequestLimitsMiddleware:
     """ASGI middleware applying :class:`RequestLimits` (see the module docstring).
 
@@ -101,6 +145,7 @@ class RequestLimitsMiddleware:
     def __init__(self, app, limits: RequestLimits | Callable[[], RequestLimits] = RequestLimits):
         self.app, self._limits = app, limits
         self.in_flight = 0
+        self._buffers_capped = False
 
     @property
     def limits(self) -> RequestLimits:
@@ -110,6 +155,9 @@ class RequestLimitsMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         limits, method, path = self.limits, scope["method"], scope["path"]
+        if not self._buffers_capped and limits.receive_buffer_bytes and scope.get("server"):
+            self._buffers_capped = True
+            cap_receive_buffers(scope["server"], limits.receive_buffer_bytes)
         counted = not limits.is_exempt(method, path)
         if counted and limits.max_in_flight and self.in_flight >= limits.max_in_flight:
             return await _send_error(send, 503, "overloaded", f"the service is handling {self.in_flight} requests, "
