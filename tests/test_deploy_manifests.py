@@ -242,3 +242,25 @@ def test_a_misspelled_env_source_is_caught(kind):
     secret["valueFrom"]["secretKeyReff"] = secret["valueFrom"].pop("secretKeyRef")
     errors = validation_errors(bad, strict_schema(kind))
     assert any("'secretKeyReff'" in e for e in errors), errors
+
+
+def test_every_worker_pod_runs_the_shedding_proxy_in_front_of_its_serve_port_and_the_service_targets_it(tmp_path):
+    from serve_app.shedding_proxy import SheddingArgs, render_config
+
+    serve_port = yaml.safe_load((ROOT / "configs" / "serve.prod.yaml").read_text())["http_options"]["port"]
+    service = yaml.safe_load((ROOT / "k8s" / "shedding-service.yaml").read_text())
+    for group_name, group in groups(load("RayService"))[1:]:
+        pod = group["template"]["spec"]
+        proxy = next(c for c in pod["containers"] if c["name"] == "shedding-proxy")
+        command = proxy["command"]
+        assert command[:3] == ["python", "-m", "serve_app.shedding_proxy"], group_name
+        settings = SheddingArgs.from_yaml(ROOT / command[command.index("--config") + 1])
+        assert settings.host == "0.0.0.0" and settings.upstream == f"127.0.0.1:{serve_port}", group_name
+        ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+        assert ports[service["spec"]["ports"][0]["targetPort"]] == settings.port, group_name
+        assert proxy["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": settings.port}
+        labels = group["template"]["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == service["spec"]["selector"]["app.kubernetes.io/name"]
+        assert proxy["image"] == pod["containers"][0]["image"]
+        assert f"maxconn {settings.max_in_flight}" in render_config(settings, tmp_path)
+    assert service["spec"]["selector"]["ray.io/node-type"] == "worker"  # KubeRay's pod label
