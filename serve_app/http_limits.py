@@ -12,12 +12,16 @@ client as long as it keeps sending. :class:`RequestLimitsMiddleware` sits in fro
    A declared body of at most :data:`LINGER_MAX_BYTES` is read and dropped first (for at most
    :data:`LINGER_S`): answering and closing while the client is still sending makes its TCP stack see a reset
    instead of the 413 (the reason for nginx's ``lingering_close``); larger ones are answered at once.
-   What the client has sent when it sees the 413 is the limit plus whatever the socket buffers between it and
-   the ingress held: Linux autotunes a TCP receive buffer up to ``net.ipv4.tcp_rmem``'s maximum (32 MiB on the
-   development machine), which let a 1 GiB chunked upload push 67 MiB in before its 413 against a 10 MiB limit.
-   So at the first request the ingress fixes the receive buffer of its listening socket and of the connections
-   it holds to ``receive_buffer_bytes`` (:func:`cap_receive_buffers`; later connections inherit it, and a fixed
-   size turns autotuning off, socket(7) ``SO_RCVBUF``).
+   What the client has sent when it sees the 413 is the limit plus whatever was taken in ahead of this count:
+   Ray Serve's direct ingress reads a whole body into memory as fast as it arrives (to notice a client that
+   leaves) unless the request carries ``x-request-disconnect-disabled: ?1``, which the shedding proxy
+   (:mod:`serve_app.shedding_proxy`) sets on upload paths; then only socket buffers hold more, and Linux
+   autotunes a receive buffer up to ``net.ipv4.tcp_rmem``'s maximum (32 MiB on the development machine). So at
+   the first request the ingress fixes the receive buffer of its listening socket and of the connections it holds
+   to ``receive_buffer_bytes`` (:func:`cap_receive_buffers`; later connections inherit it, and a fixed size turns
+   autotuning off, socket(7) ``SO_RCVBUF``). Measured with a 1 GiB chunked upload against the 10 MiB limit:
+   16–22 MiB sent before the 413 through the shedding proxy, 19–120 MiB straight to Serve's port
+   (benchmarks/RESULTS.md, "Overload").
 3. **body time** — the body must arrive within ``body_timeout_s`` plus one second per ``body_min_rate`` bytes
    received (Apache ``mod_reqtimeout``'s ``body=…,MinRate=…`` rule), at most ``body_max_s``; a client that
    drips slower gets ``408`` and the connection is closed.
@@ -27,6 +31,8 @@ Errors use the contract's JSON envelope. The limits come from the app args (:cla
 
 import asyncio
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,15 +107,13 @@ async def _drain(receive, timeout_s: float) -> None:
 
 def cap_receive_buffers(address: tuple[str, int], size: int) -> int:
     """Set ``SO_RCVBUF`` to ``size`` bytes on this process's TCP sockets bound to ``address``'s port (the server
-    address of a request, ``scope["server"]``): the listening socket (connections it accepts later inherit the size) and the connections already accepted on it.
+    address of a request, ``scope["server"]``): the listening socket (connections it accepts later inherit the
+    size) and the connections already accepted on it.
     Sockets are found through ``/proc/self/fd`` and set through a duplicate descriptor (the owner's stays open).
 
     Returns:
         How many sockets were set (0 where ``/proc`` is missing, e.g. not Linux).
     """
-    import os
-    import socket
-
     count = 0
     try:
         fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
@@ -123,7 +127,8 @@ def cap_receive_buffers(address: tuple[str, int], size: int) -> int:
         except OSError:
             continue
         try:
-            if sock.type == socket.SOCK_STREAM and sock.getsockname()[1] == address[1]:  # a 0.0.0.0 listener too
+            if (sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
+                    and sock.getsockname()[1] == address[1]):  # by port: a 0.0.0.0 listener too
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
                 count += 1
         except OSError:

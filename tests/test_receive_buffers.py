@@ -13,6 +13,7 @@ def _rcvbuf(sock: socket.socket) -> int:
 
 
 def test_listener_and_accepted_connections_get_the_fixed_receive_buffer():
+    unix_a, unix_b = socket.socketpair()  # other kinds of socket in the process are passed over
     listener, other = socket.socket(), socket.socket()
     listener.bind(("0.0.0.0", 0))  # bound to every address: matched by port
     other.bind(("127.0.0.1", 0))
@@ -32,5 +33,5 @@ def test_listener_and_accepted_connections_get_the_fixed_receive_buffer():
         later.close()
         later_client.close()
     finally:
-        for s in (listener, other, client, accepted):
+        for s in (listener, other, client, accepted, unix_a, unix_b):
             s.close()
