@@ -42,6 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.errors import RETRY_AFTER_S
 
+# Ray Serve's per-request header (ray.serve._private.constants.SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER): with
+# "?1" the replica hands the body to the app as the app reads it instead of reading it all ahead.
+DISCONNECT_DISABLED_HEADER = "x-request-disconnect-disabled"
 # Paths whose GET/HEAD are never shed (the ingress's RequestLimits.exempt_get, plus the docs).
 EXEMPT_GET_PATHS = ("/healthz", "/static/", "/thumbnails/", "/facets", "/docs", "/openapi.json", "/-/")
 
@@ -54,8 +57,8 @@ class SheddingArgs(BaseModel):
     host: str = Field("127.0.0.1", description="address the proxy listens on")
     port: int = Field(8000, ge=1, le=65535, description="the public HTTP port")
     upstream: str = Field("127.0.0.1:8001", description="host:port of Ray Serve's HTTP (configs/serve.yaml)")
-    max_in_flight: int = Field(16, ge=1, description="search requests passed to Serve at once")
-    max_queued: int = Field(16, ge=1, description="requests waiting for a slot; one more gets 503 at once")
+    max_in_flight: int = Field(8, ge=1, description="search requests passed to Serve at once")
+    max_queued: int = Field(8, ge=1, description="requests waiting for a slot; one more gets 503 at once")
     queue_timeout_s: float = Field(2.0, gt=0, description="a request waiting longer gets 503")
     retry_after_s: int = Field(RETRY_AFTER_S, ge=0, description="Retry-After of a shed request")
     max_connections: int = Field(4096, ge=16, description="open client connections (HAProxy global maxconn)")
@@ -91,8 +94,8 @@ def errorfile(status: int, reason: str, code: str, message: str, retry_after_s: 
 def render_config(args: SheddingArgs, error_dir: Path) -> str:
     """The HAProxy configuration for ``args``; writes the error pages it names into ``error_dir``."""
     pages = {
-        503: errorfile(503, "Service Unavailable", "overloaded", "the service is at capacity; retry shortly",
-                       args.retry_after_s),
+        503: errorfile(503, "Service Unavailable", "overloaded",
+                       "the service is at capacity or not answering; retry shortly", args.retry_after_s),
         502: errorfile(502, "Bad Gateway", "service_unavailable", "the service is not answering; retry shortly",
                        args.retry_after_s),
         504: errorfile(504, "Gateway Timeout", "timeout", "the request took longer than the service allows",
@@ -128,6 +131,11 @@ frontend public
     acl cheap path_beg {exempt}
     http-request set-var(txn.bounded) bool(true) if !read or !cheap
     http-request return status 503 content-type application/json hdr Retry-After {args.retry_after_s} hdr Cache-Control no-store string '{refused}' if {{ var(txn.bounded) -m bool }} {{ queue(search) ge {args.max_queued} }}
+    # Upload bodies reach the ingress at the pace it reads them: Ray's direct ingress otherwise reads a whole body
+    # into memory as fast as it arrives (to notice a client that leaves), and a chunked upload then pushes tens of
+    # MiB in before the ingress counts past its limit and answers 413.
+    acl upload path /search/image /search/video /find_similar
+    http-request set-header {DISCONNECT_DISABLED_HEADER} ?1 if METH_POST upload
     use_backend reads if read cheap
     default_backend search
 backend search

@@ -148,3 +148,68 @@ def test_settings_are_validated_and_rendered(tmp_path):
     head, body = page.split("\r\n\r\n")
     assert "Retry-After: 1" in head and f"Content-Length: {len(body)}" in head
     assert json.loads(body)["error"]["code"] == "overloaded"
+
+
+def _chunked_upload(base: str, chunk_bytes: int, total_bytes: int = 1 << 30) -> tuple[int, bytes]:
+    """A photo upload with no Content-Length, sent until an answer arrives: (bytes handed to the socket by then,
+    the answer's status)."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+    sock.sendall(b"POST /search/image HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                 b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+                 + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+    block = f"{chunk_bytes:x}\r\n".encode() + b"\0" * chunk_bytes + b"\r\n"
+    answered, sent = threading.Event(), [0]
+
+    def write() -> None:
+        try:
+            while sent[0] < total_bytes and not answered.is_set():
+                sock.sendall(block)
+                sent[0] += chunk_bytes
+        except OSError:
+            pass
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    answer = sock.recv(4096)
+    answered.set()
+    taken = sent[0]
+    sock.close()
+    writer.join(timeout=10)
+    return taken, answer.split(b" ")[1] if answer.startswith(b"HTTP/") else answer
+
+
+def test_the_real_app_answers_the_same_through_the_proxy(service, tmp_path):
+    """In front of the real Serve app: answers, errors and the page pass through unchanged; a chunked upload
+    is cut within a few MiB of the limit (the proxy asks Serve to hand the body over as the ingress reads it)."""
+    port = _free_port()
+    proxy = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--port", str(port),
+                              "--upstream", service.removeprefix("http://")])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                health = httpx.get(base + "/healthz", timeout=5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        products = httpx.get(service + "/healthz").json()["products"]
+        assert health.status_code == 200 and health.json()["products"] == products
+        query = {"query": "a red apple", "k": 5}
+        through = httpx.post(base + "/search/text", json=query, timeout=30)
+        direct = httpx.post(service + "/search/text", json=query, timeout=30)
+        assert through.status_code == direct.status_code == 200
+        ids = [[r["product_id"] for r in answer.json()["results"]] for answer in (through, direct)]
+        assert ids[0] == ids[1] and len(ids[0]) == 5
+        bad = httpx.post(base + "/search/text", json={"query": "", "k": 5}, timeout=30)
+        assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_request"
+        assert httpx.get(base + "/", timeout=30).status_code == 200
+        sent, status = _chunked_upload(base, 1 << 20)
+        assert status == b"413" and sent < 32 << 20, (sent, status)  # the service's upload limit is 1 MiB
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=10)
