@@ -12,6 +12,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,3 +163,56 @@ def serve_config(config: Path, args: dict, base_url: str, timeout_s: float = 180
         time.sleep(1)
     process.kill()
     raise TimeoutError(f"serve run {config} did not answer /healthz within {timeout_s} s")
+
+
+def wait_answering(url: str, timeout_s: float = 30) -> None:
+    """Poll ``url`` until it answers at all (any status); raises TimeoutError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def multipart(upload: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body with ``fields`` and ``upload`` as the ``file`` part; returns (body, type)."""
+    boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
+                 f"Content-Type: image/png\r\n\r\n".encode() + upload + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def send(base: str, kind: str, text: str, upload: bytes) -> tuple[int | str, float, float]:
+    """One request; returns (status or error name, seconds, Retry-After seconds or 0)."""
+    if kind == "text":
+        request = urllib.request.Request(base + "/search/text", json.dumps({"query": text, "k": 10}).encode(),
+                                         {"Content-Type": "application/json"})
+    else:
+        body, content_type = multipart(upload, {"k": "10"})
+        request = urllib.request.Request(base + "/search/image", body, {"Content-Type": content_type})
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            response.read()
+            return response.status, time.perf_counter() - started, 0.0
+    except urllib.error.HTTPError as e:
+        e.read()
+        retry_after = e.headers.get("Retry-After")
+        return e.code, time.perf_counter() - started, float(retry_after) if retry_after else 0.0
+    except OSError as e:
+        return type(e).__name__, time.perf_counter() - started, 0.0
+
+
+def start_shedding_proxy(config: Path, port: int, upstream_port: int) -> subprocess.Popen:
+    """The shedding proxy (serve_app/shedding_proxy.py) with ``config``'s bounds on ``port`` in front of Serve's
+    ``upstream_port``; returns once it answers. Stop it with ``terminate()``."""
+    proxy = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--config", str(config),
+                              "--port", str(port), "--upstream", f"127.0.0.1:{upstream_port}"], cwd=ROOT,
+                             stderr=subprocess.DEVNULL)
+    wait_answering(f"http://127.0.0.1:{port}/healthz")
+    return proxy

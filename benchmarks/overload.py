@@ -10,7 +10,9 @@ text/photo mix, no think time. Two client behaviours:
 
 Per level it prints the goodput (200s per second), the shed rate (503s per second), accepted and refused
 p50/p99 latencies, any other status or transport error, and the CPU seconds per second each Serve process
-(HAProxy, ingress, each deployment) and this client used. Goals from issue 23, measured against the 8-client
+(HAProxy, ingress, each deployment) and this client used; then, once Serve is stopped, the model-bound limit of
+the same mix in this process (bare batch-8 forwards, ``query_throughput.model_bound_limit``) for each level's
+``goodput_vs_model_bound``. Goals from issue 23, measured against the 8-client
 level of the same run: with 64 immediately-retrying clients, goodput ≥ 0.8 × the 8-client throughput, refused
 p50 ≤ 10 ms, accepted p99 ≤ 3 × the 8-client p99. With ``hey`` installed (Debian), text-only runs at 8 and 64
 connections are added as an independent load generator (hey keeps its connections alive and never honours
@@ -30,61 +32,17 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, serve_config, served_catalog, summary_ms  # noqa: E402
+from benchmarks.common import (ROOT, send, serve_config, served_catalog, start_shedding_proxy,  # noqa: E402
+                               summary_ms)
 from benchmarks.query_latency import QUERIES, cpu_seconds, serve_processes  # noqa: E402
 
 PORT = 8125
 FRONT_PORT = 8126
-
-
-def wait_answering(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-
-
-def multipart(upload: bytes, fields: dict[str, str]) -> tuple[bytes, str]:
-    """A ``multipart/form-data`` body with ``fields`` and ``upload`` as the ``file`` part; returns (body, type)."""
-    boundary = uuid.uuid4().hex
-    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
-             for k, v in fields.items()]
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="q.png"\r\n'
-                 f"Content-Type: image/png\r\n\r\n".encode() + upload + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def send(base: str, kind: str, text: str, upload: bytes) -> tuple[int | str, float, float]:
-    """One request; returns (status or error name, seconds, Retry-After seconds or 0)."""
-    if kind == "text":
-        request = urllib.request.Request(base + "/search/text", json.dumps({"query": text, "k": 10}).encode(),
-                                         {"Content-Type": "application/json"})
-    else:
-        body, content_type = multipart(upload, {"k": "10"})
-        request = urllib.request.Request(base + "/search/image", body, {"Content-Type": content_type})
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            response.read()
-            return response.status, time.perf_counter() - started, 0.0
-    except urllib.error.HTTPError as e:
-        e.read()
-        retry_after = e.headers.get("Retry-After")
-        return e.code, time.perf_counter() - started, float(retry_after) if retry_after else 0.0
-    except OSError as e:
-        return type(e).__name__, time.perf_counter() - started, 0.0
 
 
 def run_level(base: str, clients: int, seconds: float, uploads: list[bytes], honour: bool, seed: int) -> dict:
@@ -219,11 +177,8 @@ def main() -> None:
                                               "runtime": args.runtime}, f"http://127.0.0.1:{PORT}")
     base, front = f"http://127.0.0.1:{PORT}", None
     if args.shedding != "none":
-        front = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--config", args.shedding,
-                                  "--port", str(FRONT_PORT), "--upstream", f"127.0.0.1:{PORT}"], cwd=ROOT,
-                                 stderr=subprocess.DEVNULL)
+        front = start_shedding_proxy(Path(args.shedding), FRONT_PORT, PORT)
         base = f"http://127.0.0.1:{FRONT_PORT}"
-        wait_answering(base + "/healthz")
     run_level(base, 2, 5, uploads, False, 0)  # warm-up
     roles = serve_processes()
     if front:  # the shedding proxy's HAProxy is this process's child: its own role, not Serve's proxy
@@ -251,17 +206,21 @@ def main() -> None:
         front.terminate()
         front.wait(timeout=10)
     server.stop()
+    from benchmarks.query_throughput import model_bound_limit
+
+    bound = model_bound_limit(model, args.dtype, args.runtime, uploads)  # bare batch 8 in this process, same run
     reference = next((lv for lv in levels if lv["clients"] == 8 and lv["retry_after"] == "ignored"), None)
     if reference:
         for level in levels:
             level["goodput_vs_8_clients"] = round(level["goodput_per_s"] / reference["goodput_per_s"], 2)
+            level["goodput_vs_model_bound"] = round(level["goodput_per_s"] / bound["mix_requests_per_s"], 2)
             if level["accepted"] and reference["accepted"]:
                 level["accepted_p99_vs_8_clients"] = round(level["accepted"]["p99_ms"] /
                                                            reference["accepted"]["p99_ms"], 2)
     result = {"machine_cpus": os.cpu_count(), "model": "random base (ViT-B/32)", "runtime": args.runtime,
               "dtype": args.dtype, "products": products, "config": args.config, "client": "threads + urllib",
               "shedding_proxy": args.shedding,
-              "levels": levels, "hey_text": hey_text, "chunked_1_gib_upload": uploads_cut,
+              "model_bound_limit": bound, "levels": levels, "hey_text": hey_text, "chunked_1_gib_upload": uploads_cut,
               "goals": "64 clients, Retry-After ignored: goodput_vs_8_clients >= 0.8, refused p50 <= 10 ms, "
                        "accepted_p99_vs_8_clients <= 3"}
     print(json.dumps(result, indent=2))

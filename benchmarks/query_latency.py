@@ -26,11 +26,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, serve_config, served_catalog, summary_ms  # noqa: E402
+from benchmarks.common import ROOT, serve_config, served_catalog, start_shedding_proxy, summary_ms  # noqa: E402
+from benchmarks.common import send as send_urllib  # noqa: E402
 
 QUERIES = ["a red apple", "a green tractor", "a cat sleeping", "a blue winter coat", "a kitchen knife",
            "a bunch of flowers", "a toy car", "a pair of running shoes", "a birthday cake", "a wooden chair"]
 PORT = 8123
+FRONT_PORT = 8127
 
 
 def serve_processes() -> dict[str, list]:
@@ -99,10 +101,16 @@ def main() -> None:
     parser.add_argument("--index", default=None, help="reuse an index built with the same model")
     parser.add_argument("--family", choices=["clip", "siglip", "open_clip"], default="clip",
                         help="model family of the random base folder (make-random-model)")
+    parser.add_argument("--client", choices=["urllib", "httpx"], default="urllib",
+                        help="urllib: a new connection per request (what a plain Python client does); httpx: one "
+                             "keep-alive connection")
+    parser.add_argument("--shedding", default=str(ROOT / "configs" / "shedding.yaml"),
+                        help="the shedding proxy's config, in front of Serve as users reach it; 'none': Serve's port")
     args = parser.parse_args()
 
     import httpx
     from ray import serve
+    import psutil  # noqa: E402 - Ray's bundled copy, on sys.path once ray is imported
 
     from benchmarks.serve_floor import build_floor_app
 
@@ -122,40 +130,56 @@ def main() -> None:
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     cpu: dict[str, dict[str, float]] = {}
     roles = serve_processes()
-    with httpx.Client(base_url=f"http://127.0.0.1:{PORT}", timeout=60) as client:
-        def send(prefix: str, kind: str, i: int) -> None:
-            if kind == "text":
-                r = client.post(prefix + "/search/text", json={"query": f"{QUERIES[i % len(QUERIES)]} {i}", "k": 10})
-            else:
-                r = client.post(prefix + "/search/image", files={"file": ("q.png", uploads[i % len(uploads)])},
-                                data={"k": "10"})
-            r.raise_for_status()
+    client = httpx.Client(timeout=60)  # one keep-alive connection (--client httpx)
+    front = start_shedding_proxy(Path(args.shedding), FRONT_PORT, PORT) if args.shedding != "none" else None
+    base = f"http://127.0.0.1:{FRONT_PORT if front else PORT}"
+    if front:  # the shedding proxy's HAProxy: its own role, not Serve's proxy
+        roles["proxy"] = [p for p in roles.get("proxy", []) if p.pid != front.pid]
+        roles["shedding proxy"] = [psutil.Process(front.pid)]
 
-        for i in range(5):  # warm-up
-            for prefix, kind in kinds.values():
-                send(prefix, kind, i)
-        for name, (prefix, kind) in kinds.items():  # CPU per request of each kind, measured alone
-            before = cpu_seconds(roles)
-            for i in range(20):
-                send(prefix, kind, i)
-            after = cpu_seconds(roles)
-            cpu[name] = {role: round(1000 * (after[role] - before[role]) / 20, 2) for role in roles
-                         if after[role] - before[role] > 0.0005}
-        forwards: dict[str, list[float]] = {"text": [], "image": []}
-        for i in range(args.requests):
-            for name, (prefix, kind) in kinds.items():
-                if not prefix:
-                    encoder.stats.remote().result()
-                started = time.perf_counter()
-                send(prefix, kind, i)
-                samples[name].append(time.perf_counter() - started)
-                if not prefix:
-                    forwards[kind].append(encoder.stats.remote().result()[kind]["mean_forward_ms"] / 1000)
+    def send(prefix: str, kind: str, i: int) -> None:
+        if args.client == "urllib":  # a new connection per request, as a plain Python client does
+            status = send_urllib(base + prefix, kind, f"{QUERIES[i % len(QUERIES)]} {i}",
+                                 uploads[i % len(uploads)])[0]
+        elif kind == "text":
+            status = client.post(base + prefix + "/search/text",
+                                 json={"query": f"{QUERIES[i % len(QUERIES)]} {i}", "k": 10}).status_code
+        else:
+            status = client.post(base + prefix + "/search/image", data={"k": "10"},
+                                 files={"file": ("q.png", uploads[i % len(uploads)])}).status_code
+        if status != 200:
+            raise RuntimeError(f"{prefix or 'served'} {kind}: {status}")
+
+    for i in range(5):  # warm-up
+        for prefix, kind in kinds.values():
+            send(prefix, kind, i)
+    for name, (prefix, kind) in kinds.items():  # CPU per request of each kind, measured alone
+        before = cpu_seconds(roles)
+        for i in range(20):
+            send(prefix, kind, i)
+        after = cpu_seconds(roles)
+        cpu[name] = {role: round(1000 * (after[role] - before[role]) / 20, 2) for role in roles
+                     if after[role] - before[role] > 0.0005}
+    forwards: dict[str, list[float]] = {"text": [], "image": []}
+    for i in range(args.requests):
+        for name, (prefix, kind) in kinds.items():
+            if not prefix:
+                encoder.stats.remote().result()
+            started = time.perf_counter()
+            send(prefix, kind, i)
+            samples[name].append(time.perf_counter() - started)
+            if not prefix:
+                forwards[kind].append(encoder.stats.remote().result()[kind]["mean_forward_ms"] / 1000)
+    client.close()
+    if front:
+        front.terminate()
+        front.wait(timeout=10)
     for name in ("floor0", "floor2"):
         serve.delete(name)
     server.stop()  # `serve run` shuts Serve down on Ctrl-C
     bare = bare_batch1(model, args.dtype, args.runtime, uploads, min(50, args.requests), threads)
     result = {"machine_cpus": os.cpu_count(), "model": f"random base {args.family}", "runtime": args.runtime,
+              "client": args.client, "shedding_proxy": args.shedding,
               "dtype": args.dtype, "encoder_threads": threads, "config": args.config, "products": products,
               "requests": args.requests, "hops": {"text": 2, "image": 2},
               "http": {name: summary_ms(v) for name, v in samples.items()}, "bare_batch1": bare,
