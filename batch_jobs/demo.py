@@ -21,11 +21,11 @@ BANNER = "=" * 78
 # With HAProxy in front (serve_app/serve_env.py), Ray 2.60 keeps each ingress replica open for
 # RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (default 30 s, ray/serve/_private/constants.py) when it stops, so
 # an external load balancer can deregister it first; Serve's shutdown waits that out before it stops the other
-# deployments, which made Ctrl-C take ~35 s. The demo has no load balancer to wait for. Deployments elsewhere
+# deployments, which made Ctrl-C take ~33 s. The demo has no load balancer to wait for. Deployments elsewhere
 # (k8s/, serve.prod.yaml) keep Ray's default; an explicit value in the environment wins here too.
 DEMO_INGRESS_DRAIN_S = "0"
-# Ctrl-C: `serve run` gets this long to shut Serve and its Ray down (~6 s measured on 2 cores), then its process
-# group gets SIGTERM, then SIGKILL this much later (batch_jobs/serve_process.stop_serve).
+# Ctrl-C: `serve run` gets this long to shut Serve and its Ray down (~6 s measured on 2 cores), then what is left
+# of its session gets SIGTERM, then SIGKILL this much later (batch_jobs/serve_process.stop_serve).
 DEMO_STOP_S = 8.0
 DEMO_KILL_AFTER_S = 2.0
 
