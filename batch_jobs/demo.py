@@ -18,6 +18,16 @@ from serve_app.serve_env import apply_serve_env
 ROOT = Path(__file__).resolve().parent.parent
 RANDOM_BASE = Path("./data/models/clip-random-base").resolve()
 BANNER = "=" * 78
+# With HAProxy in front (serve_app/serve_env.py), Ray 2.60 keeps each ingress replica open for
+# RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S (default 30 s, ray/serve/_private/constants.py) when it stops, so
+# an external load balancer can deregister it first; Serve's shutdown waits that out before it stops the other
+# deployments, which made Ctrl-C take ~33 s. The demo has no load balancer to wait for. Deployments elsewhere
+# (k8s/, serve.prod.yaml) keep Ray's default; an explicit value in the environment wins here too.
+DEMO_INGRESS_DRAIN_S = "0"
+# Ctrl-C: `serve run` gets this long to shut Serve and its Ray down (~6 s measured on 2 cores), then what is left
+# of its session gets SIGTERM, then SIGKILL this much later (batch_jobs/serve_process.stop_serve).
+DEMO_STOP_S = 8.0
+DEMO_KILL_AFTER_S = 2.0
 
 
 def resolve_demo_model(explicit: str | None) -> str:
@@ -69,6 +79,7 @@ def cmd_demo(args) -> int:
     env = apply_serve_env(os.environ | {"VS_MODEL": model, "VS_INDEX": index, "RAY_AUTH_MODE": "disabled"})
     if args.dtype:
         env["VS_DTYPE"] = args.dtype
+    env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", DEMO_INGRESS_DRAIN_S)
     serve = start_serve(ROOT / "configs" / "serve.yaml", env, ROOT)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop `serve run` (finally) on SIGTERM too
     base = f"http://127.0.0.1:{args.port}"
@@ -88,9 +99,11 @@ def cmd_demo(args) -> int:
               "pineapple.png -F top=5\nPress Ctrl-C to stop.\n" + BANNER, flush=True)
         return serve.wait()
     except KeyboardInterrupt:
+        print(f"\nStopping Ray Serve and its Ray (at most {DEMO_STOP_S + DEMO_KILL_AFTER_S:.0f} s; "
+              "Ctrl-C again to force)...", flush=True)
         return 0
     finally:
-        stop_serve(serve)
+        stop_serve(serve, timeout_s=DEMO_STOP_S, kill_after_s=DEMO_KILL_AFTER_S)
 
 
 def add_demo_parser(sub) -> None:

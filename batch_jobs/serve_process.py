@@ -39,13 +39,66 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 300) ->
     raise RuntimeError(f"{url} not healthy after {timeout_s} s")
 
 
-def stop_serve(process: subprocess.Popen, timeout_s: float = 60) -> None:
-    """Ctrl-C (`serve run` then shuts Serve and its Ray down); SIGTERM to its process group if it hangs."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+def _session_members(sid: int) -> list[int]:
+    """PIDs of the running processes of session ``sid`` (zombies, dead but not yet reaped, do not count).
+
+    The session, not the process group: Ray starts each worker (replicas, the Serve controller, HAProxy's
+    manager) in a process group of its own, but all stay in the session `serve run` leads. Linux reads /proc;
+    elsewhere the session leader's process group is what can be found.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(sid, 0)
+        except ProcessLookupError:
+            return []
+        except PermissionError:
+            pass
+        return [-sid]  # os.kill(-pgid, sig) signals the group
+    members = []
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp session ...
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def stop_serve(process: subprocess.Popen, timeout_s: float = 60, kill_after_s: float = 5) -> None:
+    """Stop `serve run` and every process of its session (the Ray cluster it started: GCS, raylet, replicas).
+
+    SIGINT to `serve run` first, as Ctrl-C would: it shuts Serve down, then its Ray, and exits. Once it has exited,
+    or after ``timeout_s`` seconds, SIGTERM goes to every process of its session still there, and after
+    ``kill_after_s`` more seconds SIGKILL. A KeyboardInterrupt while waiting (Ctrl-C pressed again) moves on to
+    the next signal at once. Returns when no process of the session is left, so a following start finds the port
+    and the CPUs free.
+    """
+    sid = process.pid  # start_serve made it a session leader
+
+    def exited() -> bool:
+        return process.poll() is not None
+
+    def gone() -> bool:
+        return exited() and not _session_members(sid)
+
+    for sig, wait_s, done in ((signal.SIGINT, timeout_s, exited), (signal.SIGTERM, kill_after_s, gone),
+                              (signal.SIGKILL, 5.0, gone)):
+        try:
+            if gone():
+                break
+            if sig == signal.SIGINT:
+                process.send_signal(sig)  # only to `serve run`: Ray's own processes block SIGINT
+            else:
+                for pid in _session_members(sid):
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + wait_s
+            while not done() and time.monotonic() < deadline:
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            continue
+    process.wait()
