@@ -11,7 +11,10 @@ import signal
 import sys
 from pathlib import Path
 
-from batch_jobs.serve_process import start_serve, stop_serve, wait_healthy
+import yaml
+
+from batch_jobs.serve_process import (start_serve, start_shedding_proxy, stop_serve, stop_shedding_proxy,
+                                      wait_healthy)
 from serve_app.embedding import DEFAULT_MODEL, ModelLoadError, load_model_config
 from serve_app.serve_env import apply_serve_env
 
@@ -80,11 +83,16 @@ def cmd_demo(args) -> int:
     if args.dtype:
         env["VS_DTYPE"] = args.dtype
     env.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", DEMO_INGRESS_DRAIN_S)
+    serve_port = yaml.safe_load((ROOT / "configs" / "serve.yaml").read_text())["http_options"]["port"]
     serve = start_serve(ROOT / "configs" / "serve.yaml", env, ROOT)
+    shedding = None
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop `serve run` (finally) on SIGTERM too
     base = f"http://127.0.0.1:{args.port}"
     try:
-        health = wait_healthy(base + "/healthz", serve)
+        wait_healthy(f"http://127.0.0.1:{serve_port}/healthz", serve)
+        # Clients come in through the shedding proxy (serve_app/shedding_proxy.py) on the public port
+        shedding = start_shedding_proxy(ROOT / "configs" / "shedding.yaml", ROOT, args.port)
+        health = wait_healthy(base + "/healthz", shedding, timeout_s=30)
         print(f"\n{BANNER}\nVisual Search is serving {health.get('products')} products "
               f"(model {health.get('model_id')}, weights {health.get('model_weights')}).\n"
               f"  web page     : {base}/\n"
@@ -103,6 +111,8 @@ def cmd_demo(args) -> int:
               "Ctrl-C again to force)...", flush=True)
         return 0
     finally:
+        if shedding is not None:
+            stop_shedding_proxy(shedding)
         stop_serve(serve, timeout_s=DEMO_STOP_S, kill_after_s=DEMO_KILL_AFTER_S)
 
 
@@ -112,6 +122,7 @@ def add_demo_parser(sub) -> None:
     p.add_argument("--index", default=None, help="index URI (env VS_INDEX; default ./data/index)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     p.add_argument("--limit", type=int, default=None, help="ingest at most this many sample products")
-    p.add_argument("--port", type=int, default=8000, help="HTTP port in configs/serve.yaml")
+    p.add_argument("--port", type=int, default=8000,
+                   help="the public HTTP port: the shedding proxy's (configs/shedding.yaml), in front of Serve's")
     p.add_argument("--no-serve", action="store_true", help="stop after ingestion")
     p.set_defaults(func=cmd_demo)

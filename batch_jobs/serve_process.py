@@ -102,3 +102,23 @@ def stop_serve(process: subprocess.Popen, timeout_s: float = 60, kill_after_s: f
         except KeyboardInterrupt:
             continue
     process.wait()
+
+
+def start_shedding_proxy(config: Path, cwd: Path, port: int | None = None) -> subprocess.Popen:
+    """Start the shedding proxy (``python -m serve_app.shedding_proxy --config config``, an HAProxy in front of
+    Serve's HTTP port) in a session of its own; ``port`` overrides the config's public port."""
+    command = [sys.executable, "-m", "serve_app.shedding_proxy", "--config", str(config)]
+    if port is not None:
+        command += ["--port", str(port)]
+    return subprocess.Popen(command, cwd=cwd, preexec_fn=_default_sigint, start_new_session=True)
+
+
+def stop_shedding_proxy(process: subprocess.Popen, timeout_s: float = 5) -> None:
+    """SIGTERM (HAProxy stops at once, dropping open connections), SIGKILL if it is still there after ``timeout_s``."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

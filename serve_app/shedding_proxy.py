@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"shedding proxy: http://{settings.host}:{settings.port} -> {settings.upstream} (max_in_flight "
           f"{settings.max_in_flight}, max_queued {settings.max_queued}, queue_timeout_s {settings.queue_timeout_s})",
           file=sys.stderr, flush=True)
-    os.execv(binary, [binary, "-db", "-f", str(config)])  # this process becomes HAProxy: signals reach it
+    os.execv(binary, [binary, "-db", "-q", "-f", str(config)])  # this process becomes HAProxy: signals reach it
 
 
 if __name__ == "__main__":
