@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from serve_app.embedding import DEFAULT_MODEL
 from serve_app.images import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS
-from serve_app.request_params import MAX_K
 from serve_app.near_duplicates import DEFAULT_CLIP_MIN_SCORE, DEFAULT_CONFIRM_MIN_SCORE, DEFAULT_MAX_DISTANCE
+from serve_app.request_params import MAX_K
 from serve_app.video import (DEFAULT_DECODE_MEMORY_BYTES, DEFAULT_DECODE_TIMEOUT_S, DEFAULT_MAX_DURATION_S,
                              DEFAULT_MAX_FRAMES)
 

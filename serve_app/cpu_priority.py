@@ -2,9 +2,9 @@
 
 Ray starts every worker process at nice 15 (its ``worker_niceness`` system setting, so the raylet and GCS stay
 responsive), which makes a replica lose the CPU to any ordinary process on the node: a load generator, a batch
-job, a shell. With 64 clients retrying at once on a 2-core machine, the Encoder at nice 15 got 0.74 of a core and
-answered 0.36 of its 8-client throughput; at nice 0 (``RAY_worker_niceness=0``, :mod:`serve_app.serve_env`),
-0.94 cores and 0.50 (benchmarks/RESULTS.md, "Overload"). A replica can ask for more with the ``niceness`` app
+job, a shell. With 64 clients retrying at once on a 2-core machine (through the shedding proxy), the Encoder at
+nice 15 got 0.74 of a core and answered 0.36 of its 8-client throughput; at nice 0 (``RAY_worker_niceness=0``,
+:mod:`serve_app.serve_env`), 0.94 cores and 0.50 (benchmarks/RESULTS.md, "Overload"). A replica can ask for more with the ``niceness`` app
 arg; a value below the one it has needs ``CAP_SYS_NICE`` (root, or ``securityContext.capabilities.add:
 [SYS_NICE]`` on Kubernetes), without which the replica keeps its value and logs why.
 

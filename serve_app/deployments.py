@@ -14,8 +14,8 @@ import asyncio
 import dataclasses
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np

