@@ -104,12 +104,15 @@ def stop_serve(process: subprocess.Popen, timeout_s: float = 60, kill_after_s: f
     process.wait()
 
 
-def start_shedding_proxy(config: Path, cwd: Path, port: int | None = None) -> subprocess.Popen:
-    """Start the shedding proxy (``python -m serve_app.shedding_proxy --config config``, an HAProxy in front of
-    Serve's HTTP port) in a session of its own; ``port`` overrides the config's public port."""
-    command = [sys.executable, "-m", "serve_app.shedding_proxy", "--config", str(config)]
-    if port is not None:
-        command += ["--port", str(port)]
+def start_shedding_proxy(config: Path | None, cwd: Path, port: int | None = None,
+                         upstream: str | None = None) -> subprocess.Popen:
+    """Start the shedding proxy (``python -m serve_app.shedding_proxy``, an HAProxy in front of Serve's HTTP port)
+    in a session of its own, with ``config`` (``None``: its defaults); ``port`` and ``upstream`` (host:port of
+    Serve's HTTP) override the config's. Stop it with :func:`stop_shedding_proxy`."""
+    command = [sys.executable, "-m", "serve_app.shedding_proxy"]
+    for flag, value in (("--config", config), ("--port", port), ("--upstream", upstream)):
+        if value is not None:
+            command += [flag, str(value)]
     return subprocess.Popen(command, cwd=cwd, preexec_fn=_default_sigint, start_new_session=True)
 
 

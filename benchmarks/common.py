@@ -213,9 +213,9 @@ def send(base: str, kind: str, text: str, upload: bytes) -> tuple[int | str, flo
 
 def start_shedding_proxy(config: Path, port: int, upstream_port: int) -> subprocess.Popen:
     """The shedding proxy (serve_app/shedding_proxy.py) with ``config``'s bounds on ``port`` in front of Serve's
-    ``upstream_port``; returns once it answers. Stop it with ``terminate()``."""
-    proxy = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--config", str(config),
-                              "--port", str(port), "--upstream", f"127.0.0.1:{upstream_port}"], cwd=ROOT,
-                             stderr=subprocess.DEVNULL)
+    ``upstream_port``; returns once it answers. Stop it with ``batch_jobs.serve_process.stop_shedding_proxy``."""
+    from batch_jobs.serve_process import start_shedding_proxy as start
+
+    proxy = start(config, ROOT, port, f"127.0.0.1:{upstream_port}")
     wait_answering(f"http://127.0.0.1:{port}/healthz")
     return proxy

@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (ROOT, send, serve_config, served_catalog, start_shedding_proxy,  # noqa: E402
                                summary_ms)
 from benchmarks.query_latency import QUERIES, cpu_seconds, serve_processes  # noqa: E402
+from batch_jobs.serve_process import stop_shedding_proxy  # noqa: E402
 
 PORT = 8125
 FRONT_PORT = 8126
@@ -166,7 +167,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from ray import serve
-    import psutil  # noqa: E402 - Ray's bundled copy, on sys.path once ray is imported
 
     model, rows, index, products = served_catalog(Path(args.workdir).resolve(), args.n_products, None,
                                                   "float32" if args.dtype == "int8" else args.dtype)
@@ -181,9 +181,6 @@ def main() -> None:
         base = f"http://127.0.0.1:{FRONT_PORT}"
     run_level(base, 2, 5, uploads, False, 0)  # warm-up
     roles = serve_processes()
-    if front:  # the shedding proxy's HAProxy is this process's child: its own role, not Serve's proxy
-        roles["proxy"] = [p for p in roles.get("proxy", []) if p.pid != front.pid]
-        roles["shedding proxy"] = [psutil.Process(front.pid)]
     levels = []
     for mode in args.modes.split(","):
         for clients in [int(c) for c in args.clients.split(",")]:
@@ -203,8 +200,7 @@ def main() -> None:
                    for name, url in {"public": base, "serve": f"http://127.0.0.1:{PORT}"}.items()}
     print(json.dumps(uploads_cut), file=sys.stderr)
     if front:
-        front.terminate()
-        front.wait(timeout=10)
+        stop_shedding_proxy(front)
     server.stop()
     from benchmarks.query_throughput import model_bound_limit
 

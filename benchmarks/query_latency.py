@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, serve_config, served_catalog, start_shedding_proxy, summary_ms  # noqa: E402
 from benchmarks.common import send as send_urllib  # noqa: E402
+from batch_jobs.serve_process import stop_shedding_proxy  # noqa: E402
+from serve_app.shedding_proxy import CONFIG_DIR_PREFIX as SHEDDING_CONFIG_PREFIX  # noqa: E402
 
 QUERIES = ["a red apple", "a green tractor", "a cat sleeping", "a blue winter coat", "a kitchen knife",
            "a bunch of flowers", "a toy car", "a pair of running shoes", "a birthday cake", "a wooden chair"]
@@ -36,8 +38,8 @@ FRONT_PORT = 8127
 
 
 def serve_processes() -> dict[str, list]:
-    """psutil processes of the HTTP proxy (HAProxy or Ray's), each replica, and this process (the client), by role
-    (Ray's process titles)."""
+    """psutil processes of Serve's HTTP proxy (HAProxy or Ray's), the shedding proxy, each replica, and this process
+    (the client), by role (Ray's process titles; the shedding proxy's HAProxy by the folder of its config)."""
     import ray  # noqa: F401 - puts the psutil that Ray bundles on sys.path
     import psutil
 
@@ -46,6 +48,8 @@ def serve_processes() -> dict[str, list]:
         title = " ".join(proc.info["cmdline"] or [])
         if title.startswith("ray::ServeReplica:"):
             roles.setdefault(title.split()[0].removeprefix("ray::ServeReplica:"), []).append(proc)
+        elif proc.info["name"] == "haproxy" and SHEDDING_CONFIG_PREFIX in title:
+            roles.setdefault("shedding proxy", []).append(proc)
         elif title.startswith("ray::ProxyActor") or proc.info["name"] == "haproxy":
             roles.setdefault("proxy", []).append(proc)
         elif title.startswith(("ray::", "/")) and "ray" in title:
@@ -110,7 +114,6 @@ def main() -> None:
 
     import httpx
     from ray import serve
-    import psutil  # noqa: E402 - Ray's bundled copy, on sys.path once ray is imported
 
     from benchmarks.serve_floor import build_floor_app
 
@@ -129,13 +132,10 @@ def main() -> None:
         f"floor{h}_{kind}": (f"/floor{h}", kind) for h in (0, 2) for kind in ("text", "image")}
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     cpu: dict[str, dict[str, float]] = {}
-    roles = serve_processes()
     client = httpx.Client(timeout=60)  # one keep-alive connection (--client httpx)
     front = start_shedding_proxy(Path(args.shedding), FRONT_PORT, PORT) if args.shedding != "none" else None
     base = f"http://127.0.0.1:{FRONT_PORT if front else PORT}"
-    if front:  # the shedding proxy's HAProxy: its own role, not Serve's proxy
-        roles["proxy"] = [p for p in roles.get("proxy", []) if p.pid != front.pid]
-        roles["shedding proxy"] = [psutil.Process(front.pid)]
+    roles = serve_processes()
 
     def send(prefix: str, kind: str, i: int) -> None:
         if args.client == "urllib":  # a new connection per request, as a plain Python client does
@@ -172,8 +172,7 @@ def main() -> None:
                 forwards[kind].append(encoder.stats.remote().result()[kind]["mean_forward_ms"] / 1000)
     client.close()
     if front:
-        front.terminate()
-        front.wait(timeout=10)
+        stop_shedding_proxy(front)
     for name in ("floor0", "floor2"):
         serve.delete(name)
     server.stop()  # `serve run` shuts Serve down on Ctrl-C

@@ -45,12 +45,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve_app.errors import RETRY_AFTER_S
+from serve_app.http_limits import RequestLimits
 
 # Ray Serve's per-request header (ray.serve._private.constants.SERVE_HTTP_REQUEST_DISCONNECT_DISABLED_HEADER): with
 # "?1" the replica hands the body to the app as the app reads it instead of reading it all ahead.
 DISCONNECT_DISABLED_HEADER = "x-request-disconnect-disabled"
-# Paths whose GET/HEAD are never shed (the ingress's RequestLimits.exempt_get, plus the docs).
-EXEMPT_GET_PATHS = ("/healthz", "/static/", "/thumbnails/", "/facets", "/docs", "/openapi.json", "/-/")
+# Paths whose GET/HEAD are never shed: the ingress's own exempt list (besides "/"), plus the docs and Serve's /-/.
+EXEMPT_GET_PATHS = RequestLimits().exempt_get + ("/docs", "/openapi.json", "/-/")
+CONFIG_DIR_PREFIX = "vs-shedding-"  # the temporary folder of the HAProxy config and error pages
 
 
 class SheddingArgs(BaseModel):
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="print the HAProxy config, check it, and exit")
     args = parser.parse_args(argv)
     settings = SheddingArgs.from_yaml(args.config, host=args.host, port=args.port, upstream=args.upstream)
-    workdir = Path(tempfile.mkdtemp(prefix="vs-shedding-"))
+    workdir = Path(tempfile.mkdtemp(prefix=CONFIG_DIR_PREFIX))
     config = workdir / "haproxy.cfg"
     config.write_text(render_config(settings, workdir))
     binary = haproxy_binary()

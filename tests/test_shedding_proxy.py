@@ -2,27 +2,45 @@
 server that counts the requests it holds at once; the bounds are checked against that count, not against the
 proxy's own report."""
 
+import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 
+from batch_jobs.serve_process import start_shedding_proxy, stop_shedding_proxy
 from serve_app.shedding_proxy import SheddingArgs, render_config
+from tests.conftest import free_port
 
 HOLD_S = 1.5  # how long the upstream holds each search request
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def _running_proxy(config: Path | None, upstream: str):
+    """The shedding proxy (``config``'s settings, ``None``: its defaults) on a free port in front of ``upstream``;
+    yields its base URL once it answers."""
+    port = free_port()
+    proxy = start_shedding_proxy(config, Path.cwd(), port, upstream)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(base + "/healthz", timeout=5)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    pytest.fail("the shedding proxy did not start")
+                time.sleep(0.1)
+        yield base
+    finally:
+        stop_shedding_proxy(proxy)
 
 
 class SlowUpstream(ThreadingHTTPServer):
@@ -64,25 +82,10 @@ class SlowUpstream(ThreadingHTTPServer):
 def proxied(tmp_path):
     upstream = SlowUpstream()
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    port = _free_port()
     config = tmp_path / "shedding.yaml"
-    config.write_text(f"port: {port}\nupstream: 127.0.0.1:{upstream.server_address[1]}\nmax_in_flight: 2\n"
-                      "max_queued: 3\nqueue_timeout_s: 2.5\nretry_after_s: 2\n")
-    proxy = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--config", str(config)])
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(base + "/healthz", timeout=2)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proxy.kill()
-        pytest.fail("the shedding proxy did not start")
-    yield base, upstream
-    proxy.terminate()
-    proxy.wait(timeout=10)
+    config.write_text("max_in_flight: 2\nmax_queued: 3\nqueue_timeout_s: 2.5\nretry_after_s: 2\n")
+    with _running_proxy(config, f"127.0.0.1:{upstream.server_address[1]}") as base:
+        yield base, upstream
     upstream.shutdown()
 
 
@@ -183,20 +186,8 @@ def _chunked_upload(base: str, chunk_bytes: int, total_bytes: int = 1 << 30) -> 
 def test_the_real_app_answers_the_same_through_the_proxy(service, tmp_path):
     """In front of the real Serve app: answers, errors and the page pass through unchanged; a chunked upload
     is cut within a few MiB of the limit (the proxy asks Serve to hand the body over as the ingress reads it)."""
-    port = _free_port()
-    proxy = subprocess.Popen([sys.executable, "-m", "serve_app.shedding_proxy", "--port", str(port),
-                              "--upstream", service.removeprefix("http://")])
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                health = httpx.get(base + "/healthz", timeout=5)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+    with _running_proxy(None, service.removeprefix("http://")) as base:
+        health = httpx.get(base + "/healthz", timeout=30)
         products = httpx.get(service + "/healthz").json()["products"]
         assert health.status_code == 200 and health.json()["products"] == products
         query = {"query": "a red apple", "k": 5}
@@ -210,6 +201,3 @@ def test_the_real_app_answers_the_same_through_the_proxy(service, tmp_path):
         assert httpx.get(base + "/", timeout=30).status_code == 200
         sent, status = _chunked_upload(base, 1 << 20)
         assert status == b"413" and sent < 32 << 20, (sent, status)  # the service's upload limit is 1 MiB
-    finally:
-        proxy.terminate()
-        proxy.wait(timeout=10)
