@@ -302,6 +302,8 @@ class Ingress:
                             mode: str, crop) -> dict:
         """Near-duplicates of a photo (``data``) or of a catalog product's stored pHash (``product_id``)."""
         started = time.perf_counter()
+        if top > self.args.max_k:  # the request field admits MAX_K; the configured depth is max_k
+            raise ApiError(422, "invalid_request", f"top = {top}: at most {self.args.max_k} results are returned")
         max_distance = self.args.dedup_max_distance if max_distance is None else max_distance
         thresholds = {"clip_min_score": self.args.dedup_clip_min_score,
                       "confirm_min_score": self.args.dedup_confirm_min_score}

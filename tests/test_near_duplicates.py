@@ -164,7 +164,7 @@ def test_find_similar_by_url_and_robust_mode_reports_both_distances(http, image_
 
 
 @pytest.mark.parametrize("params,status", [({"mode": "fuzzy"}, 422), ({"max_distance": "65"}, 422),
-                                           ({"top": "0"}, 422)])
+                                           ({"top": "0"}, 422), ({"top": "1001"}, 422)])
 def test_find_similar_bad_parameters(http, sample_rows, params, status):
     with open(sample_rows[0]["image"], "rb") as f:
         response = http.post("/find_similar", files={"file": f}, data=params)
